@@ -1,0 +1,64 @@
+//! The library's error type. Every variant says what went wrong *and* what to do next.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// Errors from spawning, talking to and tearing down guarded resources.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The program could not be started at all (missing binary, not executable, ...).
+    #[error("could not start `{program}`: {source}. {hint}")]
+    Spawn { program: String, source: std::io::Error, hint: &'static str },
+
+    /// The ledger directory cannot be created or written.
+    #[error(
+        "the reapkit ledger directory {} is not usable: {source}. \
+         Set REAPKIT_LEDGER_DIR to a directory you own and can write, or fix its permissions",
+        dir.display()
+    )]
+    Ledger { dir: PathBuf, source: std::io::Error },
+
+    /// A setting from the environment could not be parsed.
+    #[error("invalid {var}={value:?}: {reason}. Use a duration such as `300ms` or `2s`")]
+    Config { var: &'static str, value: String, reason: String },
+
+    /// The operating system lacks something reapkit cannot work without.
+    #[error("{what} is not available: {source}. reapkit needs Linux ≥ 5.3 with /proc mounted")]
+    Unsupported { what: &'static str, source: std::io::Error },
+
+    /// An MCP server failed to start: it exited, wrote garbage or did not answer in time.
+    #[error("MCP server `{program}` failed to start: {reason}\n  exit status: {}\n  stderr (tail):\n{}",
+        status.map_or_else(|| "still running when torn down".to_owned(), |s| s.to_string()),
+        indent(stderr_tail))]
+    Startup { program: String, reason: String, status: Option<ExitStatus>, stderr_tail: String },
+
+    /// An MCP server stopped answering after the handshake.
+    #[error("MCP server `{program}` is gone: {reason}\n  stderr (tail):\n{}", indent(stderr_tail))]
+    ServerGone { program: String, reason: String, stderr_tail: String },
+
+    /// No answer to a request within its timeout.
+    #[error("MCP request `{method}` got no answer within {timeout:?}; raise it with `request_timeout`")]
+    Timeout { method: String, timeout: std::time::Duration },
+
+    /// The server answered a request with a JSON-RPC error.
+    #[error("MCP request `{method}` failed with error {code}: {message}")]
+    Rpc { method: String, code: i64, message: String, data: Option<serde_json::Value> },
+
+    /// The server's answer did not have the shape the MCP spec gives it.
+    #[error("MCP request `{method}`: unexpected answer: {detail}")]
+    Protocol { method: String, detail: String },
+
+    /// An I/O error talking to a guarded process.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+fn indent(text: &str) -> String {
+    if text.trim().is_empty() {
+        return "    (empty)".into();
+    }
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

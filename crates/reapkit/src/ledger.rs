@@ -1,0 +1,137 @@
+//! The ledger: one small JSON record per live resource, removed on clean teardown.
+//!
+//! What remains after a run is evidence: the sweep reads it to find leftovers whose owner
+//! died, and to name the test that leaked them. Records are written atomically (temp file +
+//! rename) so a reader never sees half a record, even if the writer is killed mid-write.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::ownership::ENV_LEDGER_DIR;
+use crate::procfs::ProcId;
+
+/// One resource in the ledger. Field names are part of the on-disk contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version of this record.
+    pub version: u32,
+    /// `process` (containers come later with their own kind).
+    pub kind: String,
+    pub guard: String,
+    pub run_id: String,
+    /// `<pid>:<starttime>` of the owning test process.
+    pub owner: String,
+    pub owner_host: String,
+    pub test: String,
+    /// The guarded process: pid and start time.
+    pub process: ProcId,
+    pub pgid: i32,
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// RFC 3339, UTC.
+    pub created: String,
+}
+
+/// A record on disk; removing it is the last step of a clean teardown.
+#[derive(Debug)]
+pub struct Entry {
+    path: PathBuf,
+}
+
+impl Entry {
+    /// Writes `record` atomically into the ledger directory `dir`.
+    pub fn write(dir: &Path, record: &Record) -> Result<Entry, Error> {
+        let path = dir.join(format!("{}.json", record.guard));
+        let tmp = dir.join(format!(".{}.json.tmp", record.guard));
+        let ledger_err = |source| Error::Ledger { dir: dir.to_path_buf(), source };
+        let body = serde_json::to_vec(record).map_err(|e| ledger_err(e.into()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(ledger_err)?;
+        f.write_all(&body).map_err(ledger_err)?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ledger_err(e)
+        })?;
+        Ok(Entry { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the record: the resource is gone.
+    pub fn remove(self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The ledger directory `chosen`, or by default `REAPKIT_LEDGER_DIR`, else `<target dir>/reapkit`,
+/// created and checked for writing before any child is spawned.
+pub fn resolve(chosen: Option<&Path>) -> Result<PathBuf, Error> {
+    match chosen {
+        Some(dir) => {
+            prepare(dir).map(|()| dir.to_path_buf()).map_err(|source| Error::Ledger { dir: dir.to_path_buf(), source })
+        }
+        None => default().map(Path::to_path_buf),
+    }
+}
+
+/// The default directory, resolved once. The first failure is kept, so every guard of the
+/// process reports the same clear error instead of retrying a directory that cannot work.
+pub fn default() -> Result<&'static Path, Error> {
+    static DIR: OnceLock<Result<PathBuf, (PathBuf, std::io::ErrorKind, String)>> = OnceLock::new();
+    let resolved = DIR.get_or_init(|| {
+        let dir = default_dir();
+        prepare(&dir).map(|()| dir.clone()).map_err(|e| (dir, e.kind(), e.to_string()))
+    });
+    match resolved {
+        Ok(dir) => Ok(dir),
+        Err((dir, kind, msg)) => {
+            Err(Error::Ledger { dir: dir.clone(), source: std::io::Error::new(*kind, msg.clone()) })
+        }
+    }
+}
+
+fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(ENV_LEDGER_DIR).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    target_dir().map_or_else(
+        || {
+            std::env::temp_dir().join(format!(
+                "reapkit-{}", // SAFETY: getuid cannot fail.
+                unsafe { libc::getuid() }
+            ))
+        },
+        |t| t.join("reapkit"),
+    )
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else the nearest ancestor of the running
+/// executable that holds cargo's `CACHEDIR.TAG` (test binaries live in `target/<profile>/deps`).
+pub fn target_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().skip(1).find(|a| a.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
+}
+
+/// Creates the directory and proves it is writable by us, before any child is spawned.
+fn prepare(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Now, as RFC 3339 in UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

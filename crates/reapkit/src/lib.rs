@@ -1,0 +1,45 @@
+//! reapkit makes tests clean up after themselves.
+//!
+//! A test that spawns a helper process or an MCP stdio server gets an RAII guard that tears
+//! down the *whole tree* — grandchildren and `setsid` escapees included — and closes every
+//! pipe when the test ends, passes, panics or returns early.
+//!
+//! ```no_run
+//! use std::process::Command;
+//! use reapkit::McpServer;
+//!
+//! let mut cmd = Command::new("npx");
+//! cmd.args(["-y", "@modelcontextprotocol/server-everything"]);
+//! let mut server = McpServer::start(cmd)?;          // spawn + initialize handshake
+//! let tools = server.list_tools()?;
+//! assert!(!tools.is_empty());
+//! // Dropping `server` closes stdin, then SIGTERM/SIGKILL the group, kills escapees,
+//! // reaps zombies: `npm exec`, `sh` and `node` are all gone.
+//! # Ok::<(), reapkit::Error>(())
+//! ```
+//!
+//! See `ARCHITECTURE.md` for how the pieces fit and `DESIGN.md` for the ownership contract.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
+
+mod error;
+pub mod ledger;
+#[cfg(feature = "mcp")]
+mod mcp;
+pub mod ownership;
+mod process;
+pub mod procfs;
+mod stderr_ring;
+mod sys;
+mod teardown;
+
+pub use error::{Error, Result};
+#[cfg(feature = "mcp")]
+pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+pub use process::{
+    Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_TERM_GRACE, ENV_EOF_GRACE,
+    ENV_TERM_GRACE,
+};
+pub use procfs::ProcId;
+pub use teardown::{EndedBy, Step, Teardown};

@@ -1,0 +1,328 @@
+//! [`McpServer`]: a [`ProcessGuard`] that speaks MCP over stdio.
+//!
+//! The transport is newline-delimited JSON-RPC 2.0 on the child's stdin and stdout. Reads
+//! wait with `poll` against a deadline on the raw pipe (no reader thread, no sleeps), so a
+//! silent server is a [`Error::Timeout`] and a dead one a [`Error::ServerGone`], never a hang.
+//! Shutdown follows the spec's order because it *is* the guard's protocol: close stdin first.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::process::{ProcessBuilder, ProcessGuard};
+use crate::sys;
+use crate::teardown::Teardown;
+
+/// The protocol version reapkit asks for first.
+pub const LATEST_PROTOCOL_VERSION: &str = SUPPORTED_PROTOCOL_VERSIONS[0];
+/// Versions reapkit accepts when the server answers with another than the one asked for.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// Default time for spawn + `initialize`: enough for `npx` resolving a local package.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time for one request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A line longer than this is not a message of any sane server; stop before eating memory.
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Builds an [`McpServer`] from a [`ProcessBuilder`]: `ProcessGuard::builder(cmd).mcp()`.
+#[derive(Debug)]
+pub struct McpBuilder {
+    process: ProcessBuilder,
+    startup_timeout: Duration,
+    request_timeout: Duration,
+    client_name: String,
+}
+
+impl ProcessBuilder {
+    /// Turns this process into an MCP stdio server (stdout becomes the transport).
+    pub fn mcp(self) -> McpBuilder {
+        McpBuilder {
+            process: self,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            client_name: "reapkit".into(),
+        }
+    }
+}
+
+impl McpBuilder {
+    /// Time allowed for spawn + `initialize` (default 30 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for each later request (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The `clientInfo.name` sent in `initialize` (default `reapkit`).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Spawns the server and performs the handshake: `initialize`, then
+    /// `notifications/initialized`. On failure the server is torn down before the error is
+    /// returned, and the error carries its exit status and the tail of its stderr.
+    pub fn start(self) -> Result<McpServer> {
+        let deadline = sys::deadline_in(self.startup_timeout);
+        let mut guard = self.process.stdout(Stdio::piped()).spawn()?;
+        let stdout = guard.take_stdout().expect("stdout was just piped");
+        let mut server = McpServer {
+            guard,
+            stdout: LineReader { pipe: stdout, buf: Vec::with_capacity(8192) },
+            next_id: 1,
+            request_timeout: self.request_timeout,
+            initialize: Value::Null,
+        };
+        match server.handshake(&self.client_name, deadline) {
+            Ok(init) => {
+                server.initialize = init;
+                Ok(server)
+            }
+            Err(reason) => Err(server.startup_failed(reason)),
+        }
+    }
+}
+
+/// A guarded MCP stdio server after a successful handshake.
+///
+/// ```no_run
+/// use std::process::Command;
+/// let mut server = reapkit::McpServer::start(Command::new("mcp-server-time"))?;
+/// let answer = server.call_tool("get_current_time", serde_json::json!({"timezone": "UTC"}))?;
+/// # Ok::<(), reapkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct McpServer {
+    guard: ProcessGuard,
+    stdout: LineReader,
+    next_id: u64,
+    request_timeout: Duration,
+    initialize: Value,
+}
+
+impl McpServer {
+    /// Spawns `command` with default settings and performs the handshake.
+    pub fn start(command: Command) -> Result<McpServer> {
+        ProcessGuard::builder(command).mcp().start()
+    }
+
+    /// The guard under the server: pid, [`ProcessGuard::info`], stderr tail.
+    pub fn process(&self) -> &ProcessGuard {
+        &self.guard
+    }
+
+    /// The protocol version the server agreed to.
+    pub fn protocol_version(&self) -> &str {
+        self.initialize["protocolVersion"].as_str().unwrap_or_default()
+    }
+
+    /// The whole `initialize` result: `serverInfo`, `capabilities`, `instructions`.
+    pub fn initialize_result(&self) -> &Value {
+        &self.initialize
+    }
+
+    /// Sends a request and waits for its result (the `result` member of the response).
+    pub fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        let deadline = sys::deadline_in(self.request_timeout);
+        self.exchange(method, params, deadline).map_err(|f| self.failure(method, f))
+    }
+
+    /// Sends a notification (no answer expected).
+    pub fn notify(&mut self, method: &str, params: Value) -> Result<()> {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params})).map_err(|f| self.failure(method, f))
+    }
+
+    /// `ping`: the server answers with an empty result.
+    pub fn ping(&mut self) -> Result<()> {
+        self.request("ping", json!({})).map(drop)
+    }
+
+    /// Every tool the server offers, following `nextCursor` pagination.
+    pub fn list_tools(&mut self) -> Result<Vec<Value>> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let params = cursor.map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+            let page = self.request("tools/list", params)?;
+            let Some(batch) = page["tools"].as_array() else {
+                return Err(Error::Protocol {
+                    method: "tools/list".into(),
+                    detail: format!("no `tools` array in {page}"),
+                });
+            };
+            tools.extend(batch.iter().cloned());
+            match page["nextCursor"].as_str() {
+                Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
+                _ => return Ok(tools),
+            }
+        }
+    }
+
+    /// Calls tool `name` with `arguments`; returns the `CallToolResult` (with `content`).
+    pub fn call_tool(&mut self, name: &str, arguments: Value) -> Result<Value> {
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+    }
+
+    /// Tears the server down in the spec's order (close stdin first) and reports how it went.
+    pub fn shutdown(self) -> Teardown {
+        self.guard.shutdown()
+    }
+
+    fn handshake(&mut self, client_name: &str, deadline: Instant) -> std::result::Result<Value, Failure> {
+        let params = json!({
+            "protocolVersion": LATEST_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client_name, "version": env!("CARGO_PKG_VERSION")},
+        });
+        let init = self.exchange("initialize", params, deadline)?;
+        let version = init["protocolVersion"].as_str().unwrap_or_default();
+        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) {
+            return Err(Failure::Protocol(format!(
+                "the server wants protocol version {version:?}; reapkit speaks {SUPPORTED_PROTOCOL_VERSIONS:?}"
+            )));
+        }
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+        Ok(init)
+    }
+
+    /// One request/response round trip. Notifications and server-to-client requests that
+    /// arrive in between are handled: `ping` is answered, anything else refused politely.
+    fn exchange(&mut self, method: &str, params: Value, deadline: Instant) -> std::result::Result<Value, Failure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
+        loop {
+            let line = self.stdout.read_line(deadline)?;
+            let msg: Value = serde_json::from_slice(&line).map_err(|_| {
+                Failure::Protocol(format!("wrote a line that is not JSON-RPC: {:?}", String::from_utf8_lossy(&line)))
+            })?;
+            if msg.get("method").is_some() {
+                self.answer_server_request(&msg)?;
+                continue;
+            }
+            if msg["id"].as_u64() != Some(id) {
+                continue; // a late answer to a request that timed out earlier
+            }
+            if let Some(err) = msg.get("error") {
+                return Err(Failure::Rpc {
+                    code: err["code"].as_i64().unwrap_or_default(),
+                    message: err["message"].as_str().unwrap_or_default().to_owned(),
+                    data: err.get("data").cloned(),
+                });
+            }
+            return msg
+                .get("result")
+                .cloned()
+                .ok_or_else(|| Failure::Protocol(format!("a response without `result`: {msg}")));
+        }
+    }
+
+    fn answer_server_request(&mut self, msg: &Value) -> std::result::Result<(), Failure> {
+        let Some(id) = msg.get("id") else { return Ok(()) }; // a notification
+        let reply = if msg["method"] == "ping" {
+            json!({"jsonrpc": "2.0", "id": id, "result": {}})
+        } else {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "reapkit's test client does not support this method"}})
+        };
+        self.send(&reply)
+    }
+
+    fn send(&mut self, msg: &Value) -> std::result::Result<(), Failure> {
+        let mut line = serde_json::to_vec(msg).expect("a JSON value always serializes");
+        line.push(b'\n');
+        let stdin = self.guard.stdin().ok_or(Failure::Gone("its stdin is already closed".into()))?;
+        stdin
+            .write_all(&line)
+            .and_then(|()| stdin.flush())
+            .map_err(|e| Failure::Gone(format!("writing to its stdin failed: {e}")))
+    }
+
+    /// Turns a failure after the handshake into the user-facing error.
+    fn failure(&self, method: &str, failure: Failure) -> Error {
+        let stderr_tail = self.guard.stderr_tail();
+        let program = self.guard.program().to_owned();
+        match failure {
+            Failure::Timeout => Error::Timeout { method: method.into(), timeout: self.request_timeout },
+            Failure::Rpc { code, message, data } => Error::Rpc { method: method.into(), code, message, data },
+            Failure::Protocol(detail) => Error::Protocol { method: method.into(), detail },
+            Failure::Gone(reason) => Error::ServerGone { program, reason, stderr_tail },
+        }
+    }
+
+    /// Tears the server down and builds the startup error with its exit status and stderr.
+    fn startup_failed(mut self, failure: Failure) -> Error {
+        let reason = match failure {
+            Failure::Timeout => {
+                "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into()
+            }
+            Failure::Rpc { code, message, .. } => format!("`initialize` failed with error {code}: {message}"),
+            Failure::Protocol(detail) | Failure::Gone(detail) => detail,
+        };
+        let report = self.guard.teardown();
+        Error::Startup {
+            program: self.guard.program().to_owned(),
+            reason,
+            status: report.status,
+            stderr_tail: self.guard.stderr_tail(),
+        }
+    }
+}
+
+/// Why an exchange failed, before we know whether it is a startup or a later error.
+#[derive(Debug)]
+enum Failure {
+    Timeout,
+    Gone(String),
+    Protocol(String),
+    Rpc { code: i64, message: String, data: Option<Value> },
+}
+
+/// Reads newline-delimited messages from the server's stdout against a deadline.
+#[derive(Debug)]
+struct LineReader {
+    pipe: ChildStdout,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    /// The next line without its newline; blank lines are skipped.
+    fn read_line(&mut self, deadline: Instant) -> std::result::Result<Vec<u8>, Failure> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Ok(line);
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(Failure::Protocol(format!("wrote more than {MAX_LINE} bytes without a newline")));
+            }
+            if !sys::wait_readable(self.pipe.as_fd(), deadline) {
+                return Err(Failure::Timeout);
+            }
+            let mut chunk = [0u8; 8192];
+            // poll said readable: this read returns at once (data or EOF).
+            match self.pipe.read(&mut chunk) {
+                Ok(0) => return Err(Failure::Gone("it closed its stdout (exited?)".into())),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Gone(format!("reading its stdout failed: {e}"))),
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Targeted `/proc` reads with reused buffers.
+//!
+//! Why not `sysinfo`: a full `sysinfo` refresh costs 17–38 ms on a 2-core machine because it
+//! reads and parses everything about every process; teardown needs three or four fields of a
+//! handful of processes, and the marker scan needs only `environ`. Reading exactly those files
+//! into one reused buffer is ~5 µs a process. This module only *reads*; it never signals.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// A process named by pid *and* start time, so a recycled pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+}
+
+impl ProcId {
+    /// The identity of `pid` now, or `None` if it no longer exists.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        Stat::read(pid).ok().map(|s| ProcId { pid, start_time: s.start_time })
+    }
+
+    /// Whether this very process (not a recycled pid) still exists, zombies included.
+    pub fn is_alive(&self) -> bool {
+        ProcId::of(self.pid).is_some_and(|now| now == *self)
+    }
+}
+
+impl std::fmt::Display for ProcId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.pid, self.start_time)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` that reapkit uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    /// `R`, `S`, `D`, `Z`, ...
+    pub state: u8,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub num_threads: u64,
+    pub start_time: u64,
+    /// Resident set size in pages.
+    pub rss_pages: u64,
+}
+
+impl Stat {
+    pub fn read(pid: i32) -> io::Result<Stat> {
+        let mut buf = Vec::with_capacity(512);
+        read_into(&format!("/proc/{pid}/stat"), &mut buf)?;
+        Stat::parse(&buf).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+    }
+
+    /// Parses a `stat` line. The command name (field 2) may contain spaces and parentheses,
+    /// so fields are counted from the *last* `)`.
+    fn parse(line: &[u8]) -> Option<Stat> {
+        let close = line.iter().rposition(|&b| b == b')')?;
+        let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
+        // After ")": field 3 (state) is index 0.
+        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).copied();
+        Some(Stat {
+            state: field(3)?.as_bytes().first().copied()?,
+            ppid: field(4)?.parse().ok()?,
+            pgrp: field(5)?.parse().ok()?,
+            num_threads: field(20)?.parse().ok()?,
+            start_time: field(22)?.parse().ok()?,
+            rss_pages: field(24)?.parse().ok()?,
+        })
+    }
+
+    pub fn is_zombie(&self) -> bool {
+        self.state == b'Z' || self.state == b'X'
+    }
+}
+
+/// Reads a whole `/proc` file into `buf` (cleared first), reusing its allocation.
+pub(crate) fn read_into(path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    File::open(path)?.read_to_end(buf)?;
+    Ok(())
+}
+
+/// The direct children of `pid`, across all its threads (a child belongs to the thread that
+/// forked it, and orphans adopted by a subreaper may land on any of its threads).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let mut buf = Vec::with_capacity(64);
+    for task in tasks.flatten() {
+        let path = task.path().join("children");
+        if read_into(path.to_str().unwrap_or_default(), &mut buf).is_ok() {
+            out.extend(
+                std::str::from_utf8(&buf)
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Every live descendant of `pid` (not `pid` itself), breadth first.
+pub fn descendants(pid: i32) -> Vec<ProcId> {
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for c in children(p) {
+            if let Some(id) = ProcId::of(c) {
+                out.push(id);
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Number of open fds of `pid`: `stat("/proc/<pid>/fd").st_size` on Linux ≥ 6.2 (≈ 0.5 µs),
+/// else a directory listing.
+pub fn fd_count(pid: i32) -> io::Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    let size = std::fs::metadata(&dir)?.size();
+    if size > 0 {
+        return Ok(size as usize);
+    }
+    Ok(std::fs::read_dir(&dir)?.count())
+}
+
+/// Page size in bytes, for turning `rss_pages` into bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+/// The real uid that owns `/proc/<pid>`, i.e. the process's owner.
+pub fn owner_uid(pid: i32) -> io::Result<u32> {
+    Ok(std::fs::metadata(format!("/proc/{pid}"))?.uid())
+}
+
+/// `pid`'s command line, NUL separators turned into spaces (for reports).
+pub fn cmdline(pid: i32) -> String {
+    let mut buf = Vec::new();
+    if read_into(&format!("/proc/{pid}/cmdline"), &mut buf).is_err() {
+        return String::new();
+    }
+    let trimmed = buf.strip_suffix(b"\0").unwrap_or(&buf);
+    String::from_utf8_lossy(trimmed).replace('\0', " ")
+}
+
+/// Whether the NUL-separated `environ` block holds exactly the entry `entry` (`KEY=value`).
+pub(crate) fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
+    environ.split(|&b| b == 0).any(|e| e == entry)
+}
+
+/// Finds processes of our own user whose initial environment holds `entry` (`KEY=value`).
+///
+/// One reused buffer for every `environ` read. Skips this process, its ancestors and every
+/// other user's processes: the marker is our proof of ownership, and even a forged marker must
+/// not let us reach another user or the process that runs us.
+pub struct MarkerScan {
+    buf: Vec<u8>,
+    uid: u32,
+    protected: Vec<i32>,
+}
+
+impl Default for MarkerScan {
+    fn default() -> Self {
+        MarkerScan::new()
+    }
+}
+
+impl MarkerScan {
+    pub fn new() -> MarkerScan {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid, protected: self_and_ancestors() }
+    }
+
+    /// All live processes carrying `entry` in their environment.
+    pub fn find(&mut self, entry: &str) -> Vec<ProcId> {
+        let mut found = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if self.protected.contains(&pid) {
+                continue;
+            }
+            if self.carries(pid, entry.as_bytes()) {
+                if let Some(id) = ProcId::of(pid) {
+                    found.push(id);
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether `pid` is ours (same uid) and its environment carries `entry`.
+    pub fn carries(&mut self, pid: i32, entry: &[u8]) -> bool {
+        let path = format!("/proc/{pid}/environ");
+        let Ok(mut f) = File::open(&path) else { return false };
+        // fstat on the open file: the uid of the very process whose environ we read.
+        if !f.metadata().is_ok_and(|m| m.uid() == self.uid) {
+            return false;
+        }
+        self.buf.clear();
+        f.read_to_end(&mut self.buf).is_ok() && environ_has(&self.buf, entry)
+    }
+}
+
+/// This process and every ancestor up to pid 1: never to be touched by any reaper.
+pub fn self_and_ancestors() -> Vec<i32> {
+    let mut out = vec![std::process::id() as i32];
+    let mut pid = out[0];
+    while pid > 1 {
+        match Stat::read(pid) {
+            Ok(s) if s.ppid > 0 => {
+                out.push(s.ppid);
+                pid = s.ppid;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Whether `/proc` is mounted and readable at all (it is the only way we see processes).
+pub fn available() -> bool {
+    Path::new("/proc/self/stat").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_and_parens_in_comm() {
+        let line =
+            b"42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 12345 1000 250 18446744073709551615";
+        let s = Stat::parse(line).unwrap();
+        assert_eq!((s.state, s.ppid, s.pgrp), (b'S', 1, 42));
+        assert_eq!((s.num_threads, s.start_time, s.rss_pages), (3, 12345, 250));
+    }
+
+    #[test]
+    fn environ_match_is_exact_per_entry() {
+        let env = b"A=1\0REAPKIT_GUARD=g-12\0B=2\0";
+        assert!(environ_has(env, b"REAPKIT_GUARD=g-12"));
+        assert!(!environ_has(env, b"REAPKIT_GUARD=g-1"));
+        assert!(!environ_has(env, b"GUARD=g-12"));
+    }
+
+    #[test]
+    fn self_is_alive_and_protected() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        assert!(self_and_ancestors().contains(&me.pid));
+        assert!(fd_count(me.pid).unwrap() >= 3);
+    }
+}
