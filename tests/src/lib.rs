@@ -3,6 +3,7 @@
 //! Every check here looks at the machine, not at what the guard says it did: a teardown
 //! report can be wrong, `/proc` cannot.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -56,37 +57,68 @@ pub fn tree_of(guard: &str, leader: ProcId) -> Vec<ProcId> {
     ids
 }
 
-/// A process with the same command line as a guarded one but no marker: the innocent
-/// bystander that `pkill -f` would kill and reapkit must not.
+/// A process tree with the same command line as a guarded one but no reapkit marker: the
+/// innocent bystander that `pkill -f` would kill and reapkit must not.
+///
+/// It carries a marker of its own (not `REAPKIT_`), so that the suite can tell, after a
+/// teardown, that every process of the decoy's tree is untouched, and end them all by pid.
 pub struct Decoy {
     child: Child,
+    marker: String,
+    tree: Vec<ProcId>,
 }
 
+/// The decoy's own marker variable; deliberately outside the `REAPKIT_` namespace.
+const DECOY_ENV: &str = "REAPKIT_SUITE_DECOY_OF";
+
 impl Decoy {
-    /// Starts `cmd` without any `REAPKIT_` variable, stdin held open so it stays up.
+    /// Starts `cmd` without any `REAPKIT_` variable and waits until it has answered
+    /// `initialize` (or exited): by then the fixture has started all its children.
     pub fn start(mut cmd: Command) -> Decoy {
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("REAPKIT_")) {
             cmd.env_remove(key);
         }
-        let child = cmd
+        let id = format!("{}-{}", std::process::id(), DECOYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mut child = cmd
+            .env(DECOY_ENV, &id)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("the decoy starts");
-        Decoy { child }
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"decoy","version":"0"}}}"#;
+        let stdin = child.stdin.as_mut().expect("piped");
+        let _ = writeln!(stdin, "{init}");
+        let _ = BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut String::new());
+        let marker = format!("{DECOY_ENV}={id}");
+        let tree = MarkerScan::new().find(&marker);
+        Decoy { child, marker, tree }
     }
 
-    /// Panics if the decoy died.
-    pub fn assert_alive(&mut self) {
-        let status = self.child.try_wait().expect("try_wait on our own child");
-        assert!(status.is_none(), "the decoy (pid {}) was killed: {status:?}", self.child.id());
+    /// Panics if any process of the decoy's tree was ended since it started.
+    pub fn assert_untouched(&self) {
+        let gone: Vec<&ProcId> = self.tree.iter().filter(|id| !id.is_alive() || is_zombie(id.pid)).collect();
+        assert!(gone.is_empty(), "decoy processes without a reapkit marker were killed: {gone:?} of {:?}", self.tree);
     }
+}
+
+static DECOYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn is_zombie(pid: i32) -> bool {
+    procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())
 }
 
 impl Drop for Decoy {
     fn drop(&mut self) {
-        // Ours, by pid, started above: the only kind of kill this suite does by hand.
+        // Ours, started above and found by our own marker: the only kills this suite does by
+        // hand, by pid. Orphans of the decoy were re-parented to us (the subreaper): reap them.
+        for id in MarkerScan::new().find(&self.marker) {
+            let pid = nix::unistd::Pid::from_raw(id.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            if id.pid != self.child.id() as i32 {
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -222,9 +222,11 @@ fn spawn_error(program: &str, source: std::io::Error) -> Error {
 /// ledger record. [`shutdown`](Self::shutdown) does the same and returns the [`Teardown`]
 /// report.
 ///
-/// ```no_run
+/// ```
 /// use std::process::Command;
-/// let server = reapkit::ProcessGuard::spawn(Command::new("sleep").arg("1000"))?;
+/// let mut cmd = Command::new("sleep");
+/// cmd.arg("1000");
+/// let server = reapkit::ProcessGuard::spawn(cmd)?;
 /// let info = server.info()?;
 /// assert!(info.threads >= 1);
 /// let report = server.shutdown();
