@@ -57,6 +57,19 @@ pub fn tree_of(guard: &str, leader: ProcId) -> Vec<ProcId> {
     ids
 }
 
+/// Runs one leak-checked case: starts a [`Decoy`] of `decoy`, takes the FD baseline, runs
+/// `body` on `cmd` (it spawns, tears down and returns the tree it saw while alive), then checks
+/// from outside that the tree is gone (zombies included), the FD count is back to its baseline
+/// and the decoy's whole tree is untouched.
+pub fn leak_checked(decoy: Command, cmd: Command, body: impl FnOnce(Command) -> Vec<ProcId>) {
+    let mut decoy = Decoy::start(decoy);
+    let baseline = fd_count();
+    let tree = body(cmd);
+    assert_all_gone(&tree);
+    assert_eq!(fd_count(), baseline, "the test process's FD count is back to its baseline");
+    decoy.assert_untouched();
+}
+
 /// A process tree with the same command line as a guarded one but no reapkit marker: the
 /// innocent bystander that `pkill -f` would kill and reapkit must not.
 ///
@@ -95,9 +108,15 @@ impl Decoy {
         Decoy { child, marker, tree }
     }
 
-    /// Panics if any process of the decoy's tree was ended since it started.
-    pub fn assert_untouched(&self) {
-        let gone: Vec<&ProcId> = self.tree.iter().filter(|id| !id.is_alive() || is_zombie(id.pid)).collect();
+    /// Panics if any process of the decoy's tree was killed since it started. The decoy
+    /// itself may have exited on its own (`--exit-after-init`): a status with an exit code
+    /// is fine, death by a signal is not.
+    pub fn assert_untouched(&mut self) {
+        let leader = self.child.id() as i32;
+        let status = self.child.try_wait().expect("try_wait on our own child");
+        assert!(status.is_none_or(|s| s.code().is_some()), "the decoy (pid {leader}) was killed: {status:?}");
+        let gone: Vec<&ProcId> =
+            self.tree.iter().filter(|id| id.pid != leader && (!id.is_alive() || is_zombie(id.pid))).collect();
         assert!(gone.is_empty(), "decoy processes without a reapkit marker were killed: {gone:?} of {:?}", self.tree);
     }
 }

@@ -11,21 +11,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reapkit::{EndedBy, Error, McpServer, ProcId, ProcessGuard, Teardown};
-use reapkit_tests::{assert_all_gone, fd_count, fixture, marked, tree_of, Decoy};
+use reapkit_tests::{fd_count, fixture, leak_checked, marked, tree_of};
 use serde_json::json;
 use serial_test::serial;
 
 const SHORT_TERM: Duration = Duration::from_millis(300);
 
-/// Runs one case: baseline, decoy, `body` (which spawns and tears down, returning the tree it
-/// saw while alive), then the outside checks.
+/// Runs one case with the fixture started with `flags` (see [`reapkit_tests::leak_checked`]).
 fn case(flags: &[&str], body: impl FnOnce(Command) -> Vec<ProcId>) {
-    let decoy = Decoy::start(fixture(flags));
-    let baseline = fd_count();
-    let tree = body(fixture(flags));
-    assert_all_gone(&tree);
-    assert_eq!(fd_count(), baseline, "the test process's FD count is back to its baseline");
-    decoy.assert_untouched();
+    leak_checked(fixture(flags), fixture(flags), body);
 }
 
 /// Starts the fixture as an MCP server, checks it answers, records its tree, shuts down.
