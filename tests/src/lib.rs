@@ -148,7 +148,10 @@ pub fn real_server(key: &str) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate is in the workspace");
     let env_file = root.join(".deps/servers.env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
-        panic!("{}: {e}. Run `scripts/setup.sh` (the README's test command does) to install the real MCP servers", env_file.display())
+        panic!(
+            "{}: {e}. Run `scripts/setup.sh` (the README's test command does) to install the real MCP servers",
+            env_file.display()
+        )
     });
     let line = text
         .lines()

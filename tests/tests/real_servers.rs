@@ -13,7 +13,12 @@ use serial_test::serial;
 
 /// Starts a real server, waits for its tree to have `min_tree` processes, calls one tool,
 /// and drops the guard (the teardown a test gets for free). Returns the tree it saw.
-fn handshake_call_drop(cmd: std::process::Command, min_tree: usize, tool: &str, args: serde_json::Value) -> Vec<ProcId> {
+fn handshake_call_drop(
+    cmd: std::process::Command,
+    min_tree: usize,
+    tool: &str,
+    args: serde_json::Value,
+) -> Vec<ProcId> {
     let mut server = ProcessGuard::builder(cmd).mcp().startup_timeout(Duration::from_secs(60)).start().expect("starts");
     assert!(reapkit::SUPPORTED_PROTOCOL_VERSIONS.contains(&server.protocol_version()));
     let tools = server.list_tools().expect("tools/list");
@@ -58,7 +63,7 @@ fn killing_only_the_npx_wrapper_would_orphan_node() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(wrapper), nix::sys::signal::SIGKILL).expect("kill npx");
     let orphans = wait_until(|| {
         let m: Vec<ProcId> = marked(&guard).into_iter().filter(|p| p.pid != wrapper).collect();
-        (!m.is_empty() && !ProcId::of(wrapper).is_some_and(|w| !is_zombie(w.pid))).then_some(m)
+        (!m.is_empty() && ProcId::of(wrapper).is_none_or(|w| is_zombie(w.pid))).then_some(m)
     });
     assert!(!orphans.is_empty(), "sh and node outlive the wrapper");
     let report = server.shutdown();

@@ -171,7 +171,8 @@ pub(crate) fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
 pub struct MarkerScan {
     buf: Vec<u8>,
     uid: u32,
-    protected: Vec<i32>,
+    /// This process and its ancestors, looked up on the first full scan only.
+    protected: Option<Vec<i32>>,
 }
 
 impl Default for MarkerScan {
@@ -184,18 +185,19 @@ impl MarkerScan {
     pub fn new() -> MarkerScan {
         // SAFETY: getuid has no preconditions and cannot fail.
         let uid = unsafe { libc::getuid() };
-        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid, protected: self_and_ancestors() }
+        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid, protected: None }
     }
 
     /// All live processes carrying `entry` in their environment.
     pub fn find(&mut self, entry: &str) -> Vec<ProcId> {
         let mut found = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+        let protected = self.protected.get_or_insert_with(self_and_ancestors).clone();
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if self.protected.contains(&pid) {
+            if protected.contains(&pid) {
                 continue;
             }
             if self.carries(pid, entry.as_bytes()) {

@@ -137,9 +137,7 @@ fn fixture_command(exe: &Path, mode: &str, ignore_sigterm: bool) -> Command {
     if ignore_sigterm {
         cmd.arg("--ignore-sigterm");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }
 
@@ -159,12 +157,7 @@ fn count_children(pid: u32) -> usize {
     };
     entries
         .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
             // "pid (comm) state ppid ...": comm may hold spaces and ')'.
@@ -238,13 +231,7 @@ impl Server {
         }
         let msg: Value = match serde_json::from_slice(line) {
             Ok(msg) => msg,
-            Err(e) => {
-                return send(&error_reply(
-                    Value::Null,
-                    -32700,
-                    &format!("Parse error: {e}"),
-                ))
-            }
+            Err(e) => return send(&error_reply(Value::Null, -32700, &format!("Parse error: {e}"))),
         };
         let Some(method) = msg.get("method").and_then(Value::as_str) else {
             // A response from the client needs no answer; anything else is invalid.
@@ -290,10 +277,8 @@ impl Server {
     fn dispatch(&mut self, method: &str, params: Option<&Value>) -> Result<Value, RpcError> {
         match method {
             "initialize" => {
-                let version = params
-                    .and_then(|p| p.get("protocolVersion"))
-                    .cloned()
-                    .unwrap_or_else(|| json!("2025-06-18"));
+                let version =
+                    params.and_then(|p| p.get("protocolVersion")).cloned().unwrap_or_else(|| json!("2025-06-18"));
                 Ok(json!({
                     "protocolVersion": version,
                     "capabilities": {"tools": {}},
@@ -425,10 +410,6 @@ fn main() {
         process::exit(3);
     }
 
-    let mut server = Server {
-        cfg,
-        exe,
-        leaked: Vec::new(),
-    };
+    let mut server = Server { cfg, exe, leaked: Vec::new() };
     server.serve()
 }
