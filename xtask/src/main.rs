@@ -51,9 +51,9 @@ fn main() -> Result<ExitCode> {
 fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // Doctests first (nextest does not run them), so nextest's summary closes the output.
+    run(cargo().args(["test", "--package", "reapkit", "--doc"]))?;
     run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))?;
-    // Doctests: nextest does not run them.
-    run(cargo().args(["test", "--workspace", "--doc"]))?;
     let leftovers = marked_processes();
     if !leftovers.is_empty() {
         eprintln!("xtask: the suite passed but left processes with a reapkit marker running:");

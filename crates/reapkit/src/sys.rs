@@ -67,23 +67,19 @@ pub(crate) fn reap_pidfd(pidfd: BorrowedFd<'_>) -> bool {
 /// Returns how many are still not readable. One `poll` per wake-up, no sleeping: a pidfd
 /// becomes readable the moment its process exits, so this costs nothing while we wait.
 pub(crate) fn wait_all_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> usize {
-    let mut pending: Vec<libc::pollfd> =
-        fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    loop {
-        pending.retain(|p| p.revents == 0);
-        if pending.is_empty() {
-            return 0;
+    let mut pending = fds.to_vec();
+    while !pending.is_empty() {
+        let ready = wait_any_readable(&pending, deadline);
+        if ready.is_empty() {
+            break;
         }
-        let timeout = timeout_ms(deadline);
-        // SAFETY: `pending` is a valid array of pollfd of the given length.
-        let rc = unsafe { libc::poll(pending.as_mut_ptr(), pending.len() as libc::nfds_t, timeout) };
-        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return pending.len();
-        }
-        if rc == 0 && Instant::now() >= deadline {
-            return pending.len();
-        }
+        let mut index = 0;
+        pending.retain(|_| {
+            index += 1;
+            !ready.contains(&(index - 1))
+        });
     }
+    pending.len()
 }
 
 /// Waits until at least one of `fds` is readable (or hung up) or `deadline` passes.
