@@ -168,6 +168,15 @@ if [ "$CHANGED" = 1 ] || [ "$VERIFY" = 1 ] || [ ! -f "$ENV_FILE" ] || [ "$(cat "
   smoke mcp-server-time $TIME_CMD
 fi
 
+# ------------------------------------------------------------- docker engine
+# Engine + offline test image reapkit-busybox:latest for the Docker-guard tests
+# (stderr only; stdout stays the servers.env summary below).
+if [ "$VERIFY" = 1 ]; then
+  bash "$ROOT/scripts/docker-up.sh" --verify >&2 || die "scripts/docker-up.sh failed"
+else
+  bash "$ROOT/scripts/docker-up.sh" >&2 || die "scripts/docker-up.sh failed"
+fi
+
 if [ ! -f "$ENV_FILE" ] || [ "$(cat "$ENV_FILE")" != "$ENV_CONTENT" ]; then
   printf '%s\n' "$ENV_CONTENT" > "$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"

@@ -53,18 +53,43 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // Doctests first (nextest does not run them), so nextest's summary closes the output.
     run(cargo().args(["test", "--package", "reapkit", "--doc"]))?;
-    run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))?;
-    let leftovers = marked_processes();
-    if !leftovers.is_empty() {
-        eprintln!("xtask: the suite passed but left processes with a reapkit marker running:");
-        for (pid, cmdline) in &leftovers {
-            eprintln!("  pid {pid}: {cmdline}");
-        }
-        eprintln!("xtask: that is a leak in the product; find the test in REAPKIT_TEST of each.");
-        return Ok(ExitCode::from(EXIT_LEFTOVERS));
+    // The set-up started an engine: a missing one is now a failure, not a skip.
+    run(cargo()
+        .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+        .args(nextest_args)
+        .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
+    let processes = marked_processes();
+    let docker = labelled_docker_objects()?;
+    if processes.is_empty() && docker.is_empty() {
+        println!("xtask: no process with a reapkit marker and no reapkit-labelled Docker object is left");
+        return Ok(ExitCode::SUCCESS);
     }
-    println!("xtask: no process with a reapkit marker is left on this machine");
-    Ok(ExitCode::SUCCESS)
+    eprintln!("xtask: the suite passed but left reapkit-owned resources behind (a leak in the product):");
+    for (pid, cmdline) in &processes {
+        eprintln!("  process {pid}: {cmdline}");
+    }
+    for object in &docker {
+        eprintln!("  docker {object}");
+    }
+    eprintln!("xtask: find the test in each one's REAPKIT_TEST variable or reapkit.test label.");
+    Ok(ExitCode::from(EXIT_LEFTOVERS))
+}
+
+/// Containers, networks and volumes labelled `reapkit.run-id`, as the docker CLI lists them.
+fn labelled_docker_objects() -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for kind in ["container", "network", "volume"] {
+        let out = Command::new("docker")
+            .args([kind, "ls", "--quiet", "--filter", "label=reapkit.run-id"])
+            .args(if kind == "container" { &["--all"][..] } else { &[] })
+            .output()
+            .context("running the docker CLI")?;
+        if !out.status.success() {
+            bail!("docker {kind} ls failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|id| format!("{kind} {id}")));
+    }
+    Ok(found)
 }
 
 /// Live processes of ours whose environment carries any reapkit ownership marker.

@@ -49,6 +49,35 @@ pub enum Error {
     #[error("MCP request `{method}`: unexpected answer: {detail}")]
     Protocol { method: String, detail: String },
 
+    /// The Docker engine cannot be reached at all.
+    #[error(
+        "the Docker engine at {host} cannot be reached: {reason}. Start one (`sudo systemctl start docker`, \
+         or `dockerd` as root), or point DOCKER_HOST at a reachable engine (unix:///path/to.sock or tcp://host:port)"
+    )]
+    DockerUnreachable { host: String, reason: String },
+
+    /// The image is not on the engine; reapkit never pulls (no registry is assumed).
+    #[error(
+        "the image `{image}` is not on the Docker engine ({reason}). Build it (`docker build -t {image} .`) or \
+         import it (`docker import rootfs.tar {image}`, `docker load -i image.tar`); reapkit does not pull"
+    )]
+    ImageMissing { image: String, reason: String },
+
+    /// The container stopped before it was ready.
+    #[error(
+        "container {id} exited with code {exit_code} before it was ready; its logs (tail):\n{}",
+        indent(logs_tail)
+    )]
+    ContainerExited { id: String, exit_code: i64, logs_tail: String },
+
+    /// The container runs but did not become ready in time.
+    #[error("container {id} was not ready within {timeout:?} (waited for {waited_for}); raise `ready_timeout`. Logs (tail):\n{}", indent(logs_tail))]
+    NotReady { id: String, waited_for: String, timeout: std::time::Duration, logs_tail: String },
+
+    /// Any other error from the Docker engine.
+    #[error("Docker engine error while {context}: {reason}")]
+    Docker { context: String, reason: String },
+
     /// An I/O error talking to a guarded process.
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },

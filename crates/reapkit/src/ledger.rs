@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::ownership::ENV_LEDGER_DIR;
+use crate::ownership::{Owner, ENV_LEDGER_DIR};
 use crate::procfs::ProcId;
 
 /// One resource in the ledger. Field names are part of the on-disk contract.
@@ -19,21 +19,44 @@ use crate::procfs::ProcId;
 pub struct Record {
     /// Format version of this record.
     pub version: u32,
-    /// `process` (containers come later with their own kind).
-    pub kind: String,
     pub guard: String,
     pub run_id: String,
     /// `<pid>:<starttime>` of the owning test process.
     pub owner: String,
     pub owner_host: String,
     pub test: String,
-    /// The guarded process: pid and start time.
-    pub process: ProcId,
-    pub pgid: i32,
-    pub command: Vec<String>,
-    pub cwd: Option<PathBuf>,
     /// RFC 3339, UTC.
     pub created: String,
+    /// What the record is about; serialized flat, with `kind` naming the variant.
+    #[serde(flatten)]
+    pub resource: Resource,
+}
+
+/// The guarded resource of a [`Record`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Resource {
+    /// A process tree: its leader, by pid and start time, and the group it leads.
+    Process { process: ProcId, pgid: i32, command: Vec<String>, cwd: Option<PathBuf> },
+    /// A container, and the networks created for it, on the engine at `docker_host`.
+    Container { id: String, image: String, docker_host: String, networks: Vec<String> },
+}
+
+impl Record {
+    /// A record of `resource`, owned by this process and its run, created now.
+    pub fn new(guard: String, test: String, resource: Resource) -> Record {
+        let owner = Owner::current();
+        Record {
+            version: 1,
+            guard,
+            run_id: owner.run_id.clone(),
+            owner: owner.marker(),
+            owner_host: owner.host.clone(),
+            test,
+            created: now_rfc3339(),
+            resource,
+        }
+    }
 }
 
 /// A record on disk; removing it is the last step of a clean teardown.

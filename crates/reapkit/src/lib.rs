@@ -23,6 +23,10 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
 
+#[cfg(feature = "docker")]
+mod container;
+#[cfg(feature = "docker")]
+mod docker_engine;
 mod error;
 pub mod ledger;
 #[cfg(feature = "mcp")]
@@ -34,6 +38,13 @@ mod stderr_ring;
 mod sys;
 mod teardown;
 
+#[cfg(feature = "docker")]
+pub use container::{
+    Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_TEST,
+};
+#[cfg(feature = "docker")]
+pub use docker_engine::DEFAULT_DOCKER_HOST;
 pub use error::{Error, Result};
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};

@@ -181,23 +181,16 @@ impl ProcessBuilder {
             spawned: Instant::now(),
             report: None,
         };
-        let record = ledger::Record {
-            version: 1,
-            kind: "process".into(),
-            guard: guard.id.clone(),
-            run_id: owner.run_id.clone(),
-            owner: owner.marker(),
-            owner_host: owner.host.clone(),
+        let command = std::iter::once(self.command.get_program())
+            .chain(self.command.get_args())
+            .map(|a: &OsStr| a.to_string_lossy().into_owned())
+            .collect();
+        let cwd = self.command.get_current_dir().map(PathBuf::from).or_else(|| std::env::current_dir().ok());
+        let record = ledger::Record::new(
+            guard.id.clone(),
             test,
-            process: guard.leader.id,
-            pgid: pid,
-            command: std::iter::once(self.command.get_program())
-                .chain(self.command.get_args())
-                .map(|a: &OsStr| a.to_string_lossy().into_owned())
-                .collect(),
-            cwd: self.command.get_current_dir().map(PathBuf::from).or_else(|| std::env::current_dir().ok()),
-            created: ledger::now_rfc3339(),
-        };
+            ledger::Resource::Process { process: guard.leader.id, pgid: pid, command, cwd },
+        );
         // On error `guard` drops here and tears the child down: nothing leaks.
         guard.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
         Ok(guard)

@@ -1,0 +1,594 @@
+//! [`Container`]: a Docker container that is removed — volumes and networks too — when the
+//! guard goes.
+//!
+//! The guard exists as soon as the engine returns the container's id, *before* start: a
+//! start that fails (bad command, exits before ready) drops the guard, which removes the
+//! container, so nothing leaks. Labels go on at create: `reapkit.run-id`, `reapkit.owner`,
+//! `reapkit.owner-host`, `reapkit.guard`, `reapkit.test`, `reapkit.created`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use crate::docker_engine::Engine;
+use crate::error::{Error, Result};
+use crate::ledger;
+use crate::ownership::{self, Owner};
+
+/// Labels put on every container and network at create; the sweep finds leftovers by them.
+pub const LABEL_RUN_ID: &str = "reapkit.run-id";
+pub const LABEL_OWNER: &str = "reapkit.owner";
+pub const LABEL_OWNER_HOST: &str = "reapkit.owner-host";
+pub const LABEL_GUARD: &str = "reapkit.guard";
+pub const LABEL_TEST: &str = "reapkit.test";
+pub const LABEL_CREATED: &str = "reapkit.created";
+
+/// Default SIGTERM-to-SIGKILL time of `docker stop`, like the process guard's `term_grace`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time for a container to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for one engine call (create, inspect, exec, remove) before it counts as hung.
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+/// Bytes of logs kept in errors.
+const LOG_TAIL: usize = 4096;
+
+/// When a started container counts as ready.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    /// As soon as it runs.
+    Running,
+    /// When its output (stdout or stderr) contains this text.
+    LogLine(String),
+    /// When this command, run with `exec`, exits 0 (retried every 50 ms: readiness inside a
+    /// container has no event to wait on).
+    Exec(Vec<String>),
+}
+
+/// Builds a [`Container`]: `Container::builder("image").cmd([...]).start()`.
+#[derive(Debug, Clone)]
+pub struct ContainerBuilder {
+    image: String,
+    cmd: Option<Vec<String>>,
+    env: Vec<String>,
+    labels: HashMap<String, String>,
+    network_mode: Option<String>,
+    own_network: bool,
+    volumes: Vec<String>,
+    ready: Ready,
+    ready_timeout: Duration,
+    stop_timeout: Duration,
+    docker_host: Option<String>,
+    ledger_dir: Option<std::path::PathBuf>,
+}
+
+impl ContainerBuilder {
+    /// The command to run instead of the image's default.
+    pub fn cmd<I: IntoIterator<Item = S>, S: Into<String>>(mut self, cmd: I) -> Self {
+        self.cmd = Some(cmd.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets an environment variable in the container.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push(format!("{key}={value}"));
+        self
+    }
+
+    /// Adds a label of your own (the `reapkit.*` ones are always set).
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Docker's network mode, e.g. `none` for a container without network.
+    pub fn network_mode(mut self, mode: &str) -> Self {
+        self.network_mode = Some(mode.to_owned());
+        self
+    }
+
+    /// Mounts an anonymous volume at `path` (removed with the container: `rm -v`).
+    pub fn volume(mut self, path: &str) -> Self {
+        self.volumes.push(path.to_owned());
+        self
+    }
+
+    /// Creates a network for this container alone (labelled, removed with it) and joins it.
+    pub fn own_network(mut self) -> Self {
+        self.own_network = true;
+        self
+    }
+
+    /// When the container counts as started (default [`Ready::Running`]).
+    pub fn wait_for(mut self, ready: Ready) -> Self {
+        self.ready = ready;
+        self
+    }
+
+    /// How long readiness may take (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// `docker stop`'s time between SIGTERM and SIGKILL at teardown (default 2 s).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The engine address (`unix://…` or `tcp://…`); default `DOCKER_HOST`, else the local socket.
+    pub fn docker_host(mut self, host: &str) -> Self {
+        self.docker_host = Some(host.to_owned());
+        self
+    }
+
+    /// The ledger directory for this guard's record (default as for processes).
+    pub fn ledger_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.ledger_dir = Some(dir.into());
+        self
+    }
+
+    /// Creates, starts and waits until ready; for plain `#[test]`s.
+    pub fn start(self) -> Result<Container> {
+        let (mut container, plan) = self.create()?;
+        let engine = Arc::clone(&container.engine);
+        let id = container.id.clone();
+        let limit = plan.ready_timeout + CALL_LIMIT;
+        let result = engine.run(limit, "starting the container", move |docker| start_and_wait(docker, id, plan));
+        // On error `container` drops and is removed: a failed start leaks nothing.
+        result.map(|()| container.take())
+    }
+
+    /// Creates, starts and waits until ready; for `#[tokio::test]`s (any runtime flavour).
+    pub async fn start_async(self) -> Result<Container> {
+        let (mut container, plan) = self.create_async().await?;
+        let engine = Arc::clone(&container.engine);
+        let id = container.id.clone();
+        let limit = plan.ready_timeout + CALL_LIMIT;
+        let result =
+            engine.run_async(limit, "starting the container", move |docker| start_and_wait(docker, id, plan)).await;
+        result.map(|()| container.take())
+    }
+
+    fn create(self) -> Result<(Container, StartPlan)> {
+        let (engine, ledger_dir, spec) = self.prepare()?;
+        let created = engine.run(CALL_LIMIT, "creating the container", {
+            let spec = spec.clone();
+            move |docker| create(docker, spec)
+        });
+        Container::adopt(engine, ledger_dir, spec, created)
+    }
+
+    async fn create_async(self) -> Result<(Container, StartPlan)> {
+        let (engine, ledger_dir, spec) = self.prepare()?;
+        let created = engine
+            .run_async(CALL_LIMIT, "creating the container", {
+                let spec = spec.clone();
+                move |docker| create(docker, spec)
+            })
+            .await;
+        Container::adopt(engine, ledger_dir, spec, created)
+    }
+
+    /// Everything that can fail before the engine is asked to create anything.
+    fn prepare(mut self) -> Result<(Arc<Engine>, std::path::PathBuf, Spec)> {
+        let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
+        let engine = Engine::get(self.docker_host.as_deref())?;
+        let owner = Owner::current();
+        let guard = ownership::next_guard_id();
+        let test = ownership::current_test_name();
+        for (key, value) in [
+            (LABEL_RUN_ID, owner.run_id.clone()),
+            (LABEL_OWNER, owner.marker()),
+            (LABEL_OWNER_HOST, owner.host.clone()),
+            (LABEL_GUARD, guard.clone()),
+            (LABEL_TEST, test.clone()),
+            (LABEL_CREATED, ledger::now_rfc3339()),
+        ] {
+            self.labels.insert(key.to_owned(), value);
+        }
+        let network = self.own_network.then(|| format!("reapkit-{guard}"));
+        let spec = Spec {
+            guard,
+            test,
+            image: self.image,
+            cmd: self.cmd,
+            env: self.env,
+            labels: self.labels,
+            network_mode: network.clone().or(self.network_mode),
+            network,
+            volumes: self.volumes,
+            plan: StartPlan { ready: self.ready, ready_timeout: self.ready_timeout },
+            stop_timeout: self.stop_timeout,
+        };
+        Ok((engine, ledger_dir, spec))
+    }
+}
+
+/// What create needs, sent to the engine thread.
+#[derive(Debug, Clone)]
+struct Spec {
+    guard: String,
+    test: String,
+    image: String,
+    cmd: Option<Vec<String>>,
+    env: Vec<String>,
+    labels: HashMap<String, String>,
+    network_mode: Option<String>,
+    network: Option<String>,
+    volumes: Vec<String>,
+    plan: StartPlan,
+    stop_timeout: Duration,
+}
+
+/// What start needs, after create.
+#[derive(Debug, Clone)]
+struct StartPlan {
+    ready: Ready,
+    ready_timeout: Duration,
+}
+
+/// What create got from the engine, even when it failed half-way (a network but no container).
+struct Created {
+    container: Option<String>,
+    networks: Vec<String>,
+    error: Option<Error>,
+}
+
+/// The output of [`Container::exec`].
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// stdout and stderr, interleaved as the engine sent them.
+    pub output: String,
+}
+
+/// What a container teardown did.
+#[derive(Debug, Clone)]
+pub struct ContainerTeardown {
+    pub id: String,
+    pub elapsed: Duration,
+    pub networks_removed: usize,
+}
+
+/// A running (or at least created) container, removed with its volumes and networks on drop.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    guard: String,
+    engine: Arc<Engine>,
+    networks: Vec<String>,
+    stop_timeout: Duration,
+    ledger: Option<ledger::Entry>,
+    removed: bool,
+}
+
+impl Container {
+    /// Starts a builder for `image` (which must exist locally: no registry is assumed).
+    pub fn builder(image: &str) -> ContainerBuilder {
+        ContainerBuilder {
+            image: image.to_owned(),
+            cmd: None,
+            env: Vec::new(),
+            labels: HashMap::new(),
+            network_mode: None,
+            own_network: false,
+            volumes: Vec::new(),
+            ready: Ready::Running,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            docker_host: None,
+            ledger_dir: None,
+        }
+    }
+
+    /// Becomes the guard of whatever create made, then reports create's error if any.
+    fn adopt(
+        engine: Arc<Engine>,
+        ledger_dir: std::path::PathBuf,
+        spec: Spec,
+        created: Result<Created>,
+    ) -> Result<(Container, StartPlan)> {
+        let created = created?;
+        let mut container = Container {
+            id: created.container.clone().unwrap_or_default(),
+            guard: spec.guard.clone(),
+            engine: Arc::clone(&engine),
+            networks: created.networks,
+            stop_timeout: spec.stop_timeout,
+            ledger: None,
+            removed: false,
+        };
+        if let Some(error) = created.error {
+            return Err(error); // `container` drops: its networks (and container, if any) go
+        }
+        let record = ledger::Record::new(
+            spec.guard,
+            spec.test,
+            ledger::Resource::Container {
+                id: container.id.clone(),
+                image: spec.image,
+                docker_host: engine.host().to_owned(),
+                networks: container.networks.clone(),
+            },
+        );
+        container.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
+        Ok((container, spec.plan))
+    }
+
+    /// Moves the guard out of `self`, leaving an inert husk whose drop does nothing.
+    fn take(&mut self) -> Container {
+        let taken = Container {
+            id: self.id.clone(),
+            guard: self.guard.clone(),
+            engine: Arc::clone(&self.engine),
+            networks: std::mem::take(&mut self.networks),
+            stop_timeout: self.stop_timeout,
+            ledger: self.ledger.take(),
+            removed: false,
+        };
+        self.removed = true;
+        taken
+    }
+
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The guard id: the value of its `reapkit.guard` label.
+    pub fn guard(&self) -> &str {
+        &self.guard
+    }
+
+    /// The path of this guard's ledger record, while it exists.
+    pub fn ledger_path(&self) -> Option<&std::path::Path> {
+        self.ledger.as_ref().map(ledger::Entry::path)
+    }
+
+    /// Runs `cmd` in the container and collects its output and exit code.
+    pub fn exec(&self, cmd: &[&str]) -> Result<ExecOutput> {
+        let (id, cmd) = (self.id.clone(), cmd.iter().map(|s| s.to_string()).collect());
+        self.engine.run(CALL_LIMIT, "exec", move |docker| exec(docker, id, cmd))
+    }
+
+    /// [`exec`](Self::exec) for async tests.
+    pub async fn exec_async(&self, cmd: &[&str]) -> Result<ExecOutput> {
+        let (id, cmd) = (self.id.clone(), cmd.iter().map(|s| s.to_string()).collect());
+        self.engine.run_async(CALL_LIMIT, "exec", move |docker| exec(docker, id, cmd)).await
+    }
+
+    /// Everything the container has written to stdout and stderr so far.
+    pub fn logs(&self) -> Result<String> {
+        let id = self.id.clone();
+        self.engine.run(CALL_LIMIT, "reading logs", move |docker| async move { Ok(logs(&docker, &id).await) })
+    }
+
+    /// The engine's view of the container (state, labels, mounts...).
+    pub fn inspect(&self) -> Result<ContainerInspectResponse> {
+        let id = self.id.clone();
+        self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { inspect(&docker, &id).await })
+    }
+
+    /// Stops (SIGTERM, `stop_timeout`, SIGKILL) and removes the container with its volumes,
+    /// then its networks; for plain tests.
+    pub fn remove(mut self) -> Result<ContainerTeardown> {
+        self.removed = true;
+        let (id, networks, stop) = (self.id.clone(), self.networks.clone(), self.stop_timeout);
+        let result =
+            self.engine.run(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop));
+        self.forget_record(result)
+    }
+
+    /// [`remove`](Self::remove) for async tests.
+    pub async fn remove_async(mut self) -> Result<ContainerTeardown> {
+        self.removed = true;
+        let (id, networks, stop) = (self.id.clone(), self.networks.clone(), self.stop_timeout);
+        let result = self
+            .engine
+            .run_async(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop))
+            .await;
+        self.forget_record(result)
+    }
+
+    /// The ledger record goes only when the container is known to be gone: otherwise it is
+    /// the evidence the sweep needs.
+    fn forget_record(&mut self, result: Result<ContainerTeardown>) -> Result<ContainerTeardown> {
+        if result.is_ok() {
+            if let Some(entry) = self.ledger.take() {
+                let _ = entry.remove();
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        let (id, networks, stop) = (self.id.clone(), std::mem::take(&mut self.networks), self.stop_timeout);
+        // Never panic in Drop; the engine thread does the work, we wait with a time limit.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.engine.run(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop))
+        }));
+        match outcome {
+            Ok(result) => {
+                if let Err(e) = self.forget_record(result) {
+                    crate::teardown::warn(&format!(
+                        "reapkit: container {} (guard {}) was not removed: {e}",
+                        self.id, self.guard
+                    ));
+                }
+            }
+            Err(_) => crate::teardown::warn(&format!("reapkit: removing container {} panicked", self.id)),
+        }
+    }
+}
+
+/// Creates the network (if any) and the container; reports what exists even on failure.
+async fn create(docker: Docker, spec: Spec) -> Result<Created> {
+    let mut created = Created { container: None, networks: Vec::new(), error: None };
+    if let Some(name) = &spec.network {
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            labels: Some(spec.labels.clone()),
+            internal: Some(true),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => created.networks.push(name.clone()),
+            Err(e) => {
+                created.error = Some(docker_error("creating the network", e));
+                return Ok(created);
+            }
+        }
+    }
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.cmd.clone(),
+        env: Some(spec.env.clone()),
+        labels: Some(spec.labels.clone()),
+        volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+        host_config: Some(HostConfig { network_mode: spec.network_mode.clone(), ..Default::default() }),
+        ..Default::default()
+    };
+    match docker.create_container(None::<CreateContainerOptions>, body).await {
+        Ok(response) => created.container = Some(response.id),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message }) => {
+            created.error = Some(Error::ImageMissing { image: spec.image.clone(), reason: message });
+        }
+        Err(e) => created.error = Some(docker_error("creating the container", e)),
+    }
+    Ok(created)
+}
+
+async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<()> {
+    docker.start_container(&id, None).await.map_err(|e| docker_error("starting the container", e))?;
+    let deadline = Instant::now() + plan.ready_timeout;
+    match plan.ready {
+        Ready::Running => {}
+        Ready::LogLine(text) => {
+            let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+            let mut stream = docker.logs(&id, Some(options));
+            let mut seen = String::new();
+            let found = tokio::time::timeout_at(deadline.into(), async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    seen.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                    if seen.contains(&text) {
+                        return true;
+                    }
+                }
+                false // the stream ends when the container stops
+            })
+            .await;
+            if found != Ok(true) {
+                return Err(not_ready(&docker, &id, &format!("log line {text:?}"), plan.ready_timeout).await);
+            }
+        }
+        Ready::Exec(cmd) => loop {
+            if exec(docker.clone(), id.clone(), cmd.clone()).await.is_ok_and(|o| o.exit_code == 0) {
+                break;
+            }
+            if Instant::now() >= deadline || !is_running(&docker, &id).await {
+                return Err(not_ready(&docker, &id, &format!("exec {cmd:?} exiting 0"), plan.ready_timeout).await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        },
+    }
+    if !is_running(&docker, &id).await {
+        return Err(not_ready(&docker, &id, "it to keep running", plan.ready_timeout).await);
+    }
+    Ok(())
+}
+
+/// The error for a container that did not become ready: exited (with its code) or too slow.
+async fn not_ready(docker: &Docker, id: &str, waited_for: &str, timeout: Duration) -> Error {
+    let state = inspect(docker, id).await.ok().and_then(|i| i.state);
+    let logs = logs(docker, id).await;
+    let tail = logs[logs.len().saturating_sub(LOG_TAIL)..].to_owned();
+    match state {
+        Some(s) if s.running != Some(true) => {
+            Error::ContainerExited { id: id.to_owned(), exit_code: s.exit_code.unwrap_or(-1), logs_tail: tail }
+        }
+        _ => Error::NotReady { id: id.to_owned(), waited_for: waited_for.to_owned(), timeout, logs_tail: tail },
+    }
+}
+
+async fn is_running(docker: &Docker, id: &str) -> bool {
+    inspect(docker, id).await.ok().and_then(|i| i.state).and_then(|s| s.running).unwrap_or(false)
+}
+
+async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInspectResponse> {
+    docker.inspect_container(id, None::<InspectContainerOptions>).await.map_err(|e| docker_error("inspect", e))
+}
+
+async fn logs(docker: &Docker, id: &str) -> String {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+    let mut stream = docker.logs(id, Some(options));
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    text
+}
+
+async fn exec(docker: Docker, id: String, cmd: Vec<String>) -> Result<ExecOutput> {
+    let options = CreateExecOptions {
+        cmd: Some(cmd),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let exec = docker.create_exec(&id, options).await.map_err(|e| docker_error("exec", e))?;
+    let mut output = String::new();
+    if let StartExecResults::Attached { output: mut stream, .. } =
+        docker.start_exec(&exec.id, None).await.map_err(|e| docker_error("exec", e))?
+    {
+        while let Some(Ok(chunk)) = stream.next().await {
+            output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+    }
+    let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| docker_error("exec", e))?;
+    Ok(ExecOutput { exit_code: inspected.exit_code.unwrap_or(-1), output })
+}
+
+/// Stop (SIGTERM, wait, SIGKILL), remove with volumes, remove networks. A container that is
+/// already gone counts as removed.
+async fn teardown(docker: Docker, id: String, networks: Vec<String>, stop: Duration) -> Result<ContainerTeardown> {
+    let started = Instant::now();
+    if !id.is_empty() {
+        let t = i32::try_from(stop.as_secs()).unwrap_or(i32::MAX);
+        // A stop error (already stopped, already gone) is fine: removal with force decides.
+        let _ = docker.stop_container(&id, Some(StopContainerOptionsBuilder::new().t(t).build())).await;
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match docker.remove_container(&id, Some(options)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(docker_error("removing the container", e)),
+        }
+    }
+    let mut networks_removed = 0;
+    for network in &networks {
+        match docker.remove_network(network).await {
+            Ok(()) => networks_removed += 1,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(e) => return Err(docker_error("removing the network", e)),
+        }
+    }
+    Ok(ContainerTeardown { id, elapsed: started.elapsed(), networks_removed })
+}
+
+fn docker_error(context: &str, e: bollard::errors::Error) -> Error {
+    Error::Docker { context: context.to_owned(), reason: e.to_string() }
+}
