@@ -289,10 +289,15 @@ fn fd_count_is_flat_over_100_guard_cycles() {
         cycle(); // warm-up: the engine thread, its runtime and its pooled connection
     }
     let baseline = fd_count();
+    let mut peak = baseline;
     for _ in 0..100 {
         cycle();
+        peak = peak.max(fd_count());
     }
-    assert_eq!(fd_count(), baseline, "bollard connections and our pipes are not leaking");
+    // Under load hyper may open a second pooled connection before the first is returned to
+    // the pool: bounded slack, not growth. A leak of one FD per cycle would show ~+100 here.
+    const POOL_SLACK: usize = 2;
+    assert!(peak <= baseline + POOL_SLACK, "FDs grew from {baseline} to {peak} over 100 cycles");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -44,7 +44,7 @@ const LOG_TAIL: usize = 4096;
 /// When a started container counts as ready.
 #[derive(Debug, Clone)]
 pub enum Ready {
-    /// As soon as it runs.
+    /// As soon as the engine has started it (no extra round trip).
     Running,
     /// When its output (stdout or stderr) contains this text.
     LogLine(String),
@@ -507,9 +507,6 @@ async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<(
             tokio::time::sleep(Duration::from_millis(50)).await;
         },
     }
-    if !is_running(&docker, &id).await {
-        return Err(not_ready(&docker, &id, "it to keep running", plan.ready_timeout).await);
-    }
     Ok(())
 }
 
@@ -570,8 +567,11 @@ async fn teardown(docker: Docker, id: String, networks: Vec<String>, stop: Durat
     let started = Instant::now();
     if !id.is_empty() {
         let t = i32::try_from(stop.as_secs()).unwrap_or(i32::MAX);
-        // A stop error (already stopped, already gone) is fine: removal with force decides.
-        let _ = docker.stop_container(&id, Some(StopContainerOptionsBuilder::new().t(t).build())).await;
+        // With no grace, `rm -f` alone SIGKILLs: save the stop round trip. A stop error
+        // (already stopped, already gone) is fine: removal with force decides.
+        if t > 0 {
+            let _ = docker.stop_container(&id, Some(StopContainerOptionsBuilder::new().t(t).build())).await;
+        }
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match docker.remove_container(&id, Some(options)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}

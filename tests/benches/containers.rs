@@ -1,0 +1,100 @@
+//! Container create+start+stop+remove, side by side in one run, on the same local image:
+//!
+//! - `docker CLI`: `docker run -d --network none IMAGE sleep 1000` + `docker rm -f -v ID`;
+//! - `reapkit guard`: `Container::builder(IMAGE)...start()` + `remove()` (stop timeout 0,
+//!   so SIGKILL at once, like `rm -f`);
+//! - `testcontainers`: `GenericImage::new(...).start()` (blocking API) + drop.
+//!
+//! Target (DESIGN.md): the guard at most the CLI's cost; faster than testcontainers-rs.
+//! Run: `cargo xtask bench` (or `cargo bench -p reapkit-tests --bench containers`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reapkit::Container;
+use testcontainers::core::WaitFor;
+use testcontainers::runners::SyncRunner;
+use testcontainers::{GenericImage, ImageExt};
+
+const IMAGE: &str = "reapkit-busybox";
+const TAG: &str = "latest";
+const ROUNDS: usize = 15;
+
+fn main() {
+    let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let image = format!("{IMAGE}:{TAG}");
+    let mut cli = Vec::new();
+    let mut guard = Vec::new();
+    let mut testcontainers = Vec::new();
+    guard_cycle(&image); // warm-up: connect, negotiate the API version
+    for _ in 0..rounds {
+        cli.push(timed(|| cli_cycle(&image)));
+        guard.push(timed(|| guard_cycle(&image)));
+        testcontainers.push(timed(testcontainers_cycle));
+    }
+    let cli_median = median(&mut cli);
+    println!("container create+start+stop+remove, {rounds} rounds, median (p90)");
+    println!("{:<16} {:>10} {:>10} {:>10}", "variant", "median", "p90", "vs CLI");
+    for (name, samples) in
+        [("docker CLI", &mut cli), ("reapkit guard", &mut guard), ("testcontainers", &mut testcontainers)]
+    {
+        let m = median(samples);
+        println!(
+            "{name:<16} {:>10} {:>10} {:>9.2}x",
+            fmt(m),
+            fmt(p90(samples)),
+            m.as_secs_f64() / cli_median.as_secs_f64()
+        );
+    }
+}
+
+fn cli_cycle(image: &str) {
+    let out = Command::new("docker")
+        .args(["run", "-d", "--network", "none", image, "sleep", "1000"])
+        .output()
+        .expect("docker run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let rm = Command::new("docker").args(["rm", "-f", "-v", &id]).output().expect("docker rm");
+    assert!(rm.status.success());
+}
+
+fn guard_cycle(image: &str) {
+    let c = Container::builder(image)
+        .cmd(["sleep", "1000"])
+        .network_mode("none")
+        .stop_timeout(Duration::ZERO)
+        .start()
+        .expect("start");
+    c.remove().expect("remove");
+}
+
+fn testcontainers_cycle() {
+    let c = GenericImage::new(IMAGE, TAG)
+        .with_wait_for(WaitFor::Nothing)
+        .with_cmd(["sleep", "1000"])
+        .with_network("none")
+        .start()
+        .expect("testcontainers start");
+    drop(c);
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+fn median(s: &mut [Duration]) -> Duration {
+    s.sort();
+    s[s.len() / 2]
+}
+
+fn p90(s: &mut [Duration]) -> Duration {
+    s.sort();
+    s[(s.len() * 9 / 10).min(s.len() - 1)]
+}
+
+fn fmt(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
