@@ -34,26 +34,10 @@ for arg in "$@"; do
   esac
 done
 
-log() { echo "docker-up: $*" >&2; }
-die() { echo "docker-up: ERROR: $*" >&2; exit 1; }
+SCRIPT_NAME=docker-up
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
-APT_UPDATED=0
-apt_install() {
-  # apt_install <why> <pkg>...
-  local why="$1"; shift
-  if [ "$(id -u)" != 0 ]; then
-    die "$why: not root, cannot apt-get install. Run: sudo apt-get update && sudo apt-get install -y $*"
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "$why: apt-get not available; install these yourself: $*"
-  if [ "$APT_UPDATED" = 0 ]; then
-    log "apt-get update"
-    apt-get update -qq >&2 || die "apt-get update failed (network to Debian mirrors?)"
-    APT_UPDATED=1
-  fi
-  log "apt-get install $* ($why)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
-    || die "apt-get install $* failed"
-}
 
 engine_up() { timeout 5 docker info >/dev/null 2>&1; }
 

@@ -33,31 +33,15 @@ for arg in "$@"; do
   esac
 done
 
-log() { echo "setup: $*" >&2; }
-die() { echo "setup: ERROR: $*" >&2; exit 1; }
+SCRIPT_NAME=setup
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 case "$ROOT" in
   *[[:space:]]*) die "repo path '$ROOT' contains whitespace; servers.env argv is split on whitespace. Clone the repo to a path without spaces." ;;
 esac
 
 # ---------------------------------------------------------------- system tools
-APT_UPDATED=0
-apt_install() {
-  # apt_install <why> <pkg>...
-  local why="$1"; shift
-  if [ "$(id -u)" != 0 ]; then
-    die "$why: not root, cannot apt-get install. Run: sudo apt-get update && sudo apt-get install -y $*"
-  fi
-  command -v apt-get >/dev/null 2>&1 || die "$why: apt-get not available; install these yourself: $*"
-  if [ "$APT_UPDATED" = 0 ]; then
-    log "apt-get update"
-    apt-get update -qq || die "apt-get update failed (network to Debian mirrors?)"
-    APT_UPDATED=1
-  fi
-  log "apt-get install $* ($why)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
-    || die "apt-get install $* failed"
-}
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || ! command -v npx >/dev/null 2>&1; then
   apt_install "node/npm/npx missing" nodejs npm

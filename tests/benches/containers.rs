@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reapkit::Container;
+use reapkit_tests::{ms, Samples};
 use testcontainers::core::WaitFor;
 use testcontainers::runners::SyncRunner;
 use testcontainers::{GenericImage, ImageExt};
@@ -23,26 +24,26 @@ const ROUNDS: usize = 15;
 fn main() {
     let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
     let image = format!("{IMAGE}:{TAG}");
-    let mut cli = Vec::new();
-    let mut guard = Vec::new();
-    let mut testcontainers = Vec::new();
+    let mut cli = Samples::default();
+    let mut guard = Samples::default();
+    let mut testcontainers = Samples::default();
     guard_cycle(&image); // warm-up: connect, negotiate the API version
     for _ in 0..rounds {
         cli.push(timed(|| cli_cycle(&image)));
         guard.push(timed(|| guard_cycle(&image)));
         testcontainers.push(timed(testcontainers_cycle));
     }
-    let cli_median = median(&mut cli);
+    let cli_median = cli.median();
     println!("container create+start+stop+remove, {rounds} rounds, median (p90)");
     println!("{:<16} {:>10} {:>10} {:>10}", "variant", "median", "p90", "vs CLI");
     for (name, samples) in
         [("docker CLI", &mut cli), ("reapkit guard", &mut guard), ("testcontainers", &mut testcontainers)]
     {
-        let m = median(samples);
+        let m = samples.median();
         println!(
             "{name:<16} {:>10} {:>10} {:>9.2}x",
-            fmt(m),
-            fmt(p90(samples)),
+            ms(m, 1),
+            ms(samples.p90(), 1),
             m.as_secs_f64() / cli_median.as_secs_f64()
         );
     }
@@ -83,18 +84,4 @@ fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
     start.elapsed()
-}
-
-fn median(s: &mut [Duration]) -> Duration {
-    s.sort();
-    s[s.len() / 2]
-}
-
-fn p90(s: &mut [Duration]) -> Duration {
-    s.sort();
-    s[(s.len() * 9 / 10).min(s.len() - 1)]
-}
-
-fn fmt(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }

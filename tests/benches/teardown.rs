@@ -15,16 +15,16 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use reapkit::ProcessGuard;
-use reapkit_tests::fixture;
+use reapkit_tests::{fixture, ms, Samples};
 
 const ROUNDS: usize = 60;
 
 fn main() {
     let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
-    let mut own_exit = Vec::new();
-    let mut kill_wait = Vec::new();
-    let mut guard = Vec::new();
-    let mut guard_no_scan = Vec::new();
+    let mut own_exit = Samples::default();
+    let mut kill_wait = Samples::default();
+    let mut guard = Samples::default();
+    let mut guard_no_scan = Samples::default();
     // Interleaved, so drift in machine load hits every variant alike.
     for _ in 0..rounds {
         own_exit.push(time_plain(|mut child| {
@@ -38,8 +38,8 @@ fn main() {
         guard.push(time_guard(true));
         guard_no_scan.push(time_guard(false));
     }
-    let floor = median(&mut own_exit);
-    let kill = median(&mut kill_wait);
+    let floor = own_exit.median();
+    let kill = kill_wait.median();
     println!("teardown of a cooperative MCP server, {rounds} rounds, median (p90)");
     println!("{:<16} {:>10} {:>10} {:>12} {:>12}", "variant", "median", "p90", "vs own exit", "vs kill+wait");
     for (name, samples) in [
@@ -48,18 +48,18 @@ fn main() {
         ("guard", &mut guard),
         ("guard, no scan", &mut guard_no_scan),
     ] {
-        let m = median(samples);
+        let m = samples.median();
         println!(
             "{name:<16} {:>10} {:>10} {:>11.2}x {:>11.2}x",
-            fmt(m),
-            fmt(p90(samples)),
+            ms(m, 3),
+            ms(samples.p90(), 3),
             m.as_secs_f64() / floor.as_secs_f64(),
             m.as_secs_f64() / kill.as_secs_f64()
         );
     }
-    let overhead = median(&mut guard).saturating_sub(floor);
+    let overhead = guard.median().saturating_sub(floor);
     let verdict = if overhead <= Duration::from_millis(1) { "within" } else { "OVER" };
-    println!("guard overhead over the server's own exit: {} ({verdict} the 1 ms target)", fmt(overhead));
+    println!("guard overhead over the server's own exit: {} ({verdict} the 1 ms target)", ms(overhead, 3));
 }
 
 /// Spawns the fixture plainly, handshakes, then times `teardown`.
@@ -80,18 +80,4 @@ fn time_guard(scan: bool) -> Duration {
     let elapsed = start.elapsed();
     assert!(report.is_clean() && report.ended_by == reapkit::EndedBy::StdinEof, "{report}");
     elapsed
-}
-
-fn median(s: &mut [Duration]) -> Duration {
-    s.sort();
-    s[s.len() / 2]
-}
-
-fn p90(s: &mut [Duration]) -> Duration {
-    s.sort();
-    s[(s.len() * 9 / 10).min(s.len() - 1)]
-}
-
-fn fmt(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }

@@ -162,3 +162,33 @@ pub fn real_server(key: &str) -> Command {
     cmd.args(argv);
     cmd
 }
+
+/// Timings of one benchmark variant, for the side-by-side tables.
+#[derive(Debug, Default)]
+pub struct Samples(Vec<std::time::Duration>);
+
+impl Samples {
+    pub fn push(&mut self, d: std::time::Duration) {
+        self.0.push(d);
+    }
+
+    /// The `q`-quantile (0.5 = median), nearest rank.
+    pub fn quantile(&mut self, q: f64) -> std::time::Duration {
+        self.0.sort();
+        let rank = ((self.0.len() as f64 * q) as usize).min(self.0.len() - 1);
+        self.0[rank]
+    }
+
+    pub fn median(&mut self) -> std::time::Duration {
+        self.quantile(0.5)
+    }
+
+    pub fn p90(&mut self) -> std::time::Duration {
+        self.quantile(0.9)
+    }
+}
+
+/// Milliseconds with `decimals` places, for tables.
+pub fn ms(d: std::time::Duration, decimals: usize) -> String {
+    format!("{:.*} ms", decimals, d.as_secs_f64() * 1e3)
+}
