@@ -123,8 +123,23 @@ impl Decoy {
 
 static DECOYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn is_zombie(pid: i32) -> bool {
+/// Whether `pid` exists as a zombie (exited, not yet reaped).
+pub fn is_zombie(pid: i32) -> bool {
     procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())
+}
+
+/// Polls an outside condition that has no event to wait on (a fixture's children appearing,
+/// `node` being orphaned) until `f` returns `Some`, for at most 10 s; panics naming `what`.
+/// The product itself never polls: this is for observing processes we do not control.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reached in 10 s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 impl Drop for Decoy {

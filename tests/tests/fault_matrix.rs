@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reapkit::{EndedBy, Error, McpServer, ProcId, ProcessGuard, Teardown};
-use reapkit_tests::{fd_count, fixture, leak_checked, marked, tree_of};
+use reapkit_tests::{fd_count, fixture, leak_checked, marked, tree_of, wait_until};
 use serde_json::json;
 use serial_test::serial;
 
@@ -37,16 +37,11 @@ fn serve_and_shutdown(cmd: Command, expect: EndedBy, expect_tree: usize) -> Vec<
 
 /// The tree, once it has reached `size` processes (the fixture starts children asynchronously).
 fn wait_for_tree(guard: &str, leader: ProcId, size: usize) -> Vec<ProcId> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let tree = tree_of(guard, leader);
-        if tree.len() >= size || Instant::now() > deadline {
-            assert_eq!(tree.len(), size, "the fixture's tree: {tree:?}");
-            return tree;
-        }
-        // Polls the *fixture's* start-up, which has no event to wait on; teardown never sleeps.
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let tree = wait_until(&format!("the fixture's tree reaching {size} processes"), || {
+        Some(tree_of(guard, leader)).filter(|tree| tree.len() >= size)
+    });
+    assert_eq!(tree.len(), size, "the fixture's tree: {tree:?}");
+    tree
 }
 
 #[test]

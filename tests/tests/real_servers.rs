@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reapkit::{McpServer, ProcId, ProcessGuard};
-use reapkit_tests::{leak_checked, marked, real_server, tree_of};
+use reapkit_tests::{is_zombie, leak_checked, marked, real_server, tree_of, wait_until};
 use serde_json::json;
 use serial_test::serial;
 
@@ -61,7 +61,7 @@ fn killing_only_the_npx_wrapper_would_orphan_node() {
     server.ping().expect("ping");
     let wrapper = server.process().pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(wrapper), nix::sys::signal::SIGKILL).expect("kill npx");
-    let orphans = wait_until(|| {
+    let orphans = wait_until("sh and node orphaned by the killed wrapper", || {
         let m: Vec<ProcId> = marked(&guard).into_iter().filter(|p| p.pid != wrapper).collect();
         (!m.is_empty() && ProcId::of(wrapper).is_none_or(|w| is_zombie(w.pid))).then_some(m)
     });
@@ -71,20 +71,4 @@ fn killing_only_the_npx_wrapper_would_orphan_node() {
     assert!(report.killed.len() >= orphans.len(), "{report}");
     assert!(marked(&guard).is_empty());
     reapkit_tests::assert_all_gone(&orphans);
-}
-
-fn is_zombie(pid: i32) -> bool {
-    reapkit::procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())
-}
-
-/// Polls an outside condition (the orphaning of `node`, which has no event to wait on).
-fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "condition not reached in 10 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

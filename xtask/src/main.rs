@@ -94,21 +94,12 @@ fn labelled_docker_objects() -> Result<Vec<String>> {
 
 /// Live processes of ours whose environment carries any reapkit ownership marker.
 fn marked_processes() -> Vec<(i32, String)> {
-    let mut scan = MarkerScan::new();
-    let run_id = |pid: i32| {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        environ.split(|&b| b == 0).find(|e| e.starts_with(b"REAPKIT_RUN_ID=")).map(<[u8]>::to_vec)
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if let Some(marker) = run_id(pid) {
-            if scan.carries(pid, &marker) {
-                found.push((pid, reapkit::procfs::cmdline(pid)));
-            }
-        }
-    }
-    found
+    let run_id = format!("{}=", reapkit::ownership::ENV_RUN_ID);
+    MarkerScan::new()
+        .find_matching(|environ| environ.split(|&b| b == 0).any(|e| e.starts_with(run_id.as_bytes())))
+        .into_iter()
+        .map(|id| (id.pid, reapkit::procfs::cmdline(id.pid)))
+        .collect()
 }
 
 fn setup() -> Result<()> {

@@ -139,24 +139,24 @@ impl ContainerBuilder {
 
     /// Creates, starts and waits until ready; for plain `#[test]`s.
     pub fn start(self) -> Result<Container> {
-        let (mut container, plan) = self.create()?;
+        let (container, plan) = self.create()?;
         let engine = Arc::clone(&container.engine);
         let id = container.id.clone();
         let limit = plan.ready_timeout + CALL_LIMIT;
         let result = engine.run(limit, "starting the container", move |docker| start_and_wait(docker, id, plan));
         // On error `container` drops and is removed: a failed start leaks nothing.
-        result.map(|()| container.take())
+        result.map(|()| container)
     }
 
     /// Creates, starts and waits until ready; for `#[tokio::test]`s (any runtime flavour).
     pub async fn start_async(self) -> Result<Container> {
-        let (mut container, plan) = self.create_async().await?;
+        let (container, plan) = self.create_async().await?;
         let engine = Arc::clone(&container.engine);
         let id = container.id.clone();
         let limit = plan.ready_timeout + CALL_LIMIT;
         let result =
             engine.run_async(limit, "starting the container", move |docker| start_and_wait(docker, id, plan)).await;
-        result.map(|()| container.take())
+        result.map(|()| container)
     }
 
     fn create(self) -> Result<(Container, StartPlan)> {
@@ -325,21 +325,6 @@ impl Container {
         Ok((container, spec.plan))
     }
 
-    /// Moves the guard out of `self`, leaving an inert husk whose drop does nothing.
-    fn take(&mut self) -> Container {
-        let taken = Container {
-            id: self.id.clone(),
-            guard: self.guard.clone(),
-            engine: Arc::clone(&self.engine),
-            networks: std::mem::take(&mut self.networks),
-            stop_timeout: self.stop_timeout,
-            ledger: self.ledger.take(),
-            removed: false,
-        };
-        self.removed = true;
-        taken
-    }
-
     /// The container id.
     pub fn id(&self) -> &str {
         &self.id
@@ -382,22 +367,22 @@ impl Container {
     /// Stops (SIGTERM, `stop_timeout`, SIGKILL) and removes the container with its volumes,
     /// then its networks; for plain tests.
     pub fn remove(mut self) -> Result<ContainerTeardown> {
-        self.removed = true;
-        let (id, networks, stop) = (self.id.clone(), self.networks.clone(), self.stop_timeout);
-        let result =
-            self.engine.run(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop));
+        let removal = self.removal();
+        let result = self.engine.run(removal.limit(), REMOVING, move |d| removal.run(d));
         self.forget_record(result)
     }
 
     /// [`remove`](Self::remove) for async tests.
     pub async fn remove_async(mut self) -> Result<ContainerTeardown> {
-        self.removed = true;
-        let (id, networks, stop) = (self.id.clone(), self.networks.clone(), self.stop_timeout);
-        let result = self
-            .engine
-            .run_async(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop))
-            .await;
+        let removal = self.removal();
+        let result = self.engine.run_async(removal.limit(), REMOVING, move |d| removal.run(d)).await;
         self.forget_record(result)
+    }
+
+    /// What teardown removes; marks the guard as handled so `Drop` does nothing more.
+    fn removal(&mut self) -> Removal {
+        self.removed = true;
+        Removal { id: self.id.clone(), networks: std::mem::take(&mut self.networks), stop: self.stop_timeout }
     }
 
     /// The ledger record goes only when the container is known to be gone: otherwise it is
@@ -417,11 +402,10 @@ impl Drop for Container {
         if self.removed {
             return;
         }
-        self.removed = true;
-        let (id, networks, stop) = (self.id.clone(), std::mem::take(&mut self.networks), self.stop_timeout);
+        let removal = self.removal();
         // Never panic in Drop; the engine thread does the work, we wait with a time limit.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.engine.run(stop + CALL_LIMIT, "removing the container", move |d| teardown(d, id, networks, stop))
+            self.engine.run(removal.limit(), REMOVING, move |d| removal.run(d))
         }));
         match outcome {
             Ok(result) => {
@@ -561,32 +545,49 @@ async fn exec(docker: Docker, id: String, cmd: Vec<String>) -> Result<ExecOutput
     Ok(ExecOutput { exit_code: inspected.exit_code.unwrap_or(-1), output })
 }
 
-/// Stop (SIGTERM, wait, SIGKILL), remove with volumes, remove networks. A container that is
-/// already gone counts as removed.
-async fn teardown(docker: Docker, id: String, networks: Vec<String>, stop: Duration) -> Result<ContainerTeardown> {
-    let started = Instant::now();
-    if !id.is_empty() {
-        let t = i32::try_from(stop.as_secs()).unwrap_or(i32::MAX);
-        // With no grace, `rm -f` alone SIGKILLs: save the stop round trip. A stop error
-        // (already stopped, already gone) is fine: removal with force decides.
-        if t > 0 {
-            let _ = docker.stop_container(&id, Some(StopContainerOptionsBuilder::new().t(t).build())).await;
-        }
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        match docker.remove_container(&id, Some(options)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(docker_error("removing the container", e)),
-        }
+const REMOVING: &str = "removing the container";
+
+/// What a container teardown removes: the container (after a stop of `stop`) and its networks.
+struct Removal {
+    id: String,
+    networks: Vec<String>,
+    stop: Duration,
+}
+
+impl Removal {
+    /// The stop grace plus one engine call's worth of time.
+    fn limit(&self) -> Duration {
+        self.stop + CALL_LIMIT
     }
-    let mut networks_removed = 0;
-    for network in &networks {
-        match docker.remove_network(network).await {
-            Ok(()) => networks_removed += 1,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(docker_error("removing the network", e)),
+
+    /// Stop (SIGTERM, wait, SIGKILL), remove with volumes, remove networks. A container that
+    /// is already gone counts as removed.
+    async fn run(self, docker: Docker) -> Result<ContainerTeardown> {
+        let Removal { id, networks, stop } = self;
+        let started = Instant::now();
+        if !id.is_empty() {
+            let t = i32::try_from(stop.as_secs()).unwrap_or(i32::MAX);
+            // With no grace, `rm -f` alone SIGKILLs: save the stop round trip. A stop error
+            // (already stopped, already gone) is fine: removal with force decides.
+            if t > 0 {
+                let _ = docker.stop_container(&id, Some(StopContainerOptionsBuilder::new().t(t).build())).await;
+            }
+            let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            match docker.remove_container(&id, Some(options)).await {
+                Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(docker_error("removing the container", e)),
+            }
         }
+        let mut networks_removed = 0;
+        for network in &networks {
+            match docker.remove_network(network).await {
+                Ok(()) => networks_removed += 1,
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(docker_error("removing the network", e)),
+            }
+        }
+        Ok(ContainerTeardown { id, elapsed: started.elapsed(), networks_removed })
     }
-    Ok(ContainerTeardown { id, elapsed: started.elapsed(), networks_removed })
 }
 
 fn docker_error(context: &str, e: bollard::errors::Error) -> Error {

@@ -190,6 +190,11 @@ impl MarkerScan {
 
     /// All live processes carrying `entry` in their environment.
     pub fn find(&mut self, entry: &str) -> Vec<ProcId> {
+        self.find_matching(|environ| environ_has(environ, entry.as_bytes()))
+    }
+
+    /// All live processes of our user whose environment block (NUL-separated) satisfies `matches`.
+    pub fn find_matching(&mut self, mut matches: impl FnMut(&[u8]) -> bool) -> Vec<ProcId> {
         let mut found = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc") else { return found };
         let protected = self.protected.get_or_insert_with(self_and_ancestors).clone();
@@ -200,7 +205,7 @@ impl MarkerScan {
             if protected.contains(&pid) {
                 continue;
             }
-            if self.carries(pid, entry.as_bytes()) {
+            if self.environ_matches(pid, &mut matches) {
                 if let Some(id) = ProcId::of(pid) {
                     found.push(id);
                 }
@@ -211,6 +216,10 @@ impl MarkerScan {
 
     /// Whether `pid` is ours (same uid) and its environment carries `entry`.
     pub fn carries(&mut self, pid: i32, entry: &[u8]) -> bool {
+        self.environ_matches(pid, |environ| environ_has(environ, entry))
+    }
+
+    fn environ_matches(&mut self, pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
         let path = format!("/proc/{pid}/environ");
         let Ok(mut f) = File::open(&path) else { return false };
         // fstat on the open file: the uid of the very process whose environ we read.
@@ -218,7 +227,7 @@ impl MarkerScan {
             return false;
         }
         self.buf.clear();
-        f.read_to_end(&mut self.buf).is_ok() && environ_has(&self.buf, entry)
+        f.read_to_end(&mut self.buf).is_ok() && matches(&self.buf)
     }
 }
 
@@ -262,6 +271,30 @@ mod tests {
         assert!(environ_has(env, b"REAPKIT_GUARD=g-12"));
         assert!(!environ_has(env, b"REAPKIT_GUARD=g-1"));
         assert!(!environ_has(env, b"GUARD=g-12"));
+    }
+
+    #[test]
+    fn find_matching_sees_only_processes_whose_environment_matches() {
+        let marker = format!("REAPKIT_PROCFS_SELFTEST_{}", std::process::id());
+        let spawn = |with_marker: bool| {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            if with_marker {
+                cmd.env(&marker, "1");
+            }
+            cmd.spawn().expect("sleep starts")
+        };
+        let (mut marked, mut plain) = (spawn(true), spawn(false));
+        let prefix = format!("{marker}=");
+        let found =
+            MarkerScan::new().find_matching(|env| env.split(|&b| b == 0).any(|e| e.starts_with(prefix.as_bytes())));
+        for child in [&mut marked, &mut plain] {
+            child.kill().expect("our own child");
+            child.wait().expect("reaped");
+        }
+        let pids: Vec<i32> = found.iter().map(|id| id.pid).collect();
+        assert!(pids.contains(&(marked.id() as i32)), "{pids:?}");
+        assert!(!pids.contains(&(plain.id() as i32)), "{pids:?}");
     }
 
     #[test]

@@ -73,11 +73,7 @@ pub(crate) fn wait_all_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> us
         if ready.is_empty() {
             break;
         }
-        let mut index = 0;
-        pending.retain(|_| {
-            index += 1;
-            !ready.contains(&(index - 1))
-        });
+        pending = pending.into_iter().enumerate().filter(|(i, _)| !ready.contains(i)).map(|(_, fd)| fd).collect();
     }
     pending.len()
 }

@@ -171,9 +171,8 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
     clock.mark(Step::Reap);
 
     // 6. Release what we hold.
-    if let Some(mut ring) = guard.stderr.take() {
+    if let Some(ring) = guard.stderr.as_mut() {
         ring.stop();
-        guard.stderr = Some(ring);
     }
     if let Some(entry) = guard.ledger.take() {
         if let Err(e) = entry.remove() {
