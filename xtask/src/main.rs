@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own automation, dogfooding the library.
 //!
-//! - `cargo xtask test`: set up (apt/npm/pip, idempotent), run the whole suite with nextest,
-//!   then prove that the run left no process carrying a reapkit marker on the machine.
+//! - `cargo xtask test`: set up (apt/npm/pip, idempotent), run the whole suite with nextest
+//!   (each test under `reapkit wrap`), then `cargo xtask reap`: the run must leave nothing.
+//! - `cargo xtask reap`: the CI step — the library's sweep, same options and exit codes as
+//!   `reapkit reap` (0 clean, 1 leaks found, 2 could not check).
 //! - `cargo xtask bench`: set up, then print the benchmark tables (ratios in one run).
 //! - `cargo xtask setup`: only the set-up.
 
@@ -10,10 +12,6 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use reapkit::procfs::MarkerScan;
-
-/// Exit code when the suite passed but left marked processes behind (a product bug).
-const EXIT_LEFTOVERS: u8 = 3;
 
 #[derive(Parser)]
 #[command(about = "reapkit's own automation")]
@@ -34,6 +32,8 @@ enum Task {
     },
     /// Set up, then run the benchmarks (each prints its side-by-side table).
     Bench,
+    /// Find leftovers of test runs by proof of ownership, show the evidence, reap them.
+    Reap(reapkit_cli::ReapArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -45,7 +45,13 @@ fn main() -> Result<ExitCode> {
             run(cargo().args(["bench", "--package", "reapkit-tests"]))?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Reap(args) => reap(&args),
     }
+}
+
+fn reap(args: &reapkit_cli::ReapArgs) -> Result<ExitCode> {
+    let code = reapkit_cli::reap(args)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
 }
 
 fn test(nextest_args: &[String]) -> Result<ExitCode> {
@@ -58,48 +64,12 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
-    let processes = marked_processes();
-    let docker = labelled_docker_objects()?;
-    if processes.is_empty() && docker.is_empty() {
-        println!("xtask: no process with a reapkit marker and no reapkit-labelled Docker object is left");
-        return Ok(ExitCode::SUCCESS);
+    // The CI step, as users run it: everything the suite leaked is reaped and fails the run.
+    eprintln!("xtask: running `cargo xtask reap` after the suite");
+    match Cli::parse_from(["xtask", "reap"]).task {
+        Task::Reap(args) => reap(&args),
+        _ => unreachable!("parsed `reap`"),
     }
-    eprintln!("xtask: the suite passed but left reapkit-owned resources behind (a leak in the product):");
-    for (pid, cmdline) in &processes {
-        eprintln!("  process {pid}: {cmdline}");
-    }
-    for object in &docker {
-        eprintln!("  docker {object}");
-    }
-    eprintln!("xtask: find the test in each one's REAPKIT_TEST variable or reapkit.test label.");
-    Ok(ExitCode::from(EXIT_LEFTOVERS))
-}
-
-/// Containers, networks and volumes labelled `reapkit.run-id`, as the docker CLI lists them.
-fn labelled_docker_objects() -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    for kind in ["container", "network", "volume"] {
-        let out = Command::new("docker")
-            .args([kind, "ls", "--quiet", "--filter", "label=reapkit.run-id"])
-            .args(if kind == "container" { &["--all"][..] } else { &[] })
-            .output()
-            .context("running the docker CLI")?;
-        if !out.status.success() {
-            bail!("docker {kind} ls failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|id| format!("{kind} {id}")));
-    }
-    Ok(found)
-}
-
-/// Live processes of ours whose environment carries any reapkit ownership marker.
-fn marked_processes() -> Vec<(i32, String)> {
-    let run_id = format!("{}=", reapkit::ownership::ENV_RUN_ID);
-    MarkerScan::new()
-        .find_matching(|environ| environ.split(|&b| b == 0).any(|e| e.starts_with(run_id.as_bytes())))
-        .into_iter()
-        .map(|id| (id.pid, reapkit::procfs::cmdline(id.pid)))
-        .collect()
 }
 
 fn setup() -> Result<()> {

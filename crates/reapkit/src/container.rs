@@ -183,6 +183,7 @@ impl ContainerBuilder {
     fn prepare(mut self) -> Result<(Arc<Engine>, std::path::PathBuf, Spec)> {
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         let engine = Engine::get(self.docker_host.as_deref())?;
+        crate::watchdog::ensure(&ledger_dir);
         let owner = Owner::current();
         let guard = ownership::next_guard_id();
         let test = ownership::current_test_name();
@@ -548,13 +549,18 @@ async fn exec(docker: Docker, id: String, cmd: Vec<String>) -> Result<ExecOutput
 const REMOVING: &str = "removing the container";
 
 /// What a container teardown removes: the container (after a stop of `stop`) and its networks.
-struct Removal {
+pub(crate) struct Removal {
     id: String,
     networks: Vec<String>,
     stop: Duration,
 }
 
 impl Removal {
+    /// Removal with no stop grace (`rm -f -v`): for leftovers, whose owner waits for nothing.
+    pub(crate) fn forced(id: String) -> Removal {
+        Removal { id, networks: Vec::new(), stop: Duration::ZERO }
+    }
+
     /// The stop grace plus one engine call's worth of time.
     fn limit(&self) -> Duration {
         self.stop + CALL_LIMIT
@@ -562,7 +568,7 @@ impl Removal {
 
     /// Stop (SIGTERM, wait, SIGKILL), remove with volumes, remove networks. A container that
     /// is already gone counts as removed.
-    async fn run(self, docker: Docker) -> Result<ContainerTeardown> {
+    pub(crate) async fn run(self, docker: Docker) -> Result<ContainerTeardown> {
         let Removal { id, networks, stop } = self;
         let started = Instant::now();
         if !id.is_empty() {
@@ -590,6 +596,6 @@ impl Removal {
     }
 }
 
-fn docker_error(context: &str, e: bollard::errors::Error) -> Error {
+pub(crate) fn docker_error(context: &str, e: bollard::errors::Error) -> Error {
     Error::Docker { context: context.to_owned(), reason: e.to_string() }
 }

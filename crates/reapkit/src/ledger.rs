@@ -30,6 +30,19 @@ pub struct Record {
     /// What the record is about; serialized flat, with `kind` naming the variant.
     #[serde(flatten)]
     pub resource: Resource,
+    /// Set by a watchdog that reaped the resource after its owner died: the record then stays
+    /// as evidence until a sweep reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaped: Option<Reaped>,
+}
+
+/// Who reaped a leaked resource, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reaped {
+    /// `watchdog`.
+    pub by: String,
+    /// RFC 3339, UTC.
+    pub at: String,
 }
 
 /// The guarded resource of a [`Record`].
@@ -55,6 +68,7 @@ impl Record {
             test,
             created: now_rfc3339(),
             resource,
+            reaped: None,
         }
     }
 }
@@ -81,6 +95,11 @@ impl Entry {
         Ok(Entry { path })
     }
 
+    /// The record at `path` (one returned by [`read_dir`]).
+    pub fn at(path: PathBuf) -> Entry {
+        Entry { path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -92,6 +111,62 @@ impl Entry {
             _ => Ok(()),
         }
     }
+}
+
+/// What a ledger directory holds: the records that parse, and why the others do not.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub records: Vec<(PathBuf, Record)>,
+    /// Records that could not be read or parsed (truncated, corrupt, foreign), with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// Reads every record in `dir`. A missing directory holds nothing; a directory that cannot be
+/// listed, or that belongs to another user (whose records we must not act on), is an error.
+/// One bad record never hides the others: it is listed in [`Contents::unreadable`].
+pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let ledger_err = |source| Error::Ledger { dir: dir.to_path_buf(), source };
+    let meta = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
+        other => other.map_err(ledger_err)?,
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid {
+        return Err(ledger_err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("it belongs to uid {}, not to you (uid {uid}); its records are not yours to act on", meta.uid()),
+        )));
+    }
+    let mut contents = Contents::default();
+    for entry in std::fs::read_dir(dir).map_err(ledger_err)? {
+        let path = match entry {
+            Ok(e) => e.path(),
+            Err(e) => return Err(ledger_err(e)),
+        };
+        let is_record = path.extension().is_some_and(|x| x == "json")
+            && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !is_record {
+            continue;
+        }
+        match read_record(&path, uid) {
+            Ok(record) => contents.records.push((path, record)),
+            Err(reason) => contents.unreadable.push((path, reason)),
+        }
+    }
+    contents.records.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(contents)
+}
+
+fn read_record(path: &Path, uid: u32) -> Result<Record, String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let owner = file.metadata().map_err(|e| e.to_string())?.uid();
+    if owner != uid {
+        return Err(format!("written by uid {owner}, not by you"));
+    }
+    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| format!("not a reapkit record: {e}"))
 }
 
 /// The ledger directory `chosen`, or by default `REAPKIT_LEDGER_DIR`, else `<target dir>/reapkit`,
@@ -121,7 +196,9 @@ pub fn default() -> Result<&'static Path, Error> {
     }
 }
 
-fn default_dir() -> PathBuf {
+/// The default ledger directory, without creating it: `REAPKIT_LEDGER_DIR`, else
+/// `<target dir>/reapkit`, else `reapkit-<uid>` in the temporary directory.
+pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(ENV_LEDGER_DIR).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
@@ -137,13 +214,20 @@ fn default_dir() -> PathBuf {
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR`, else the nearest ancestor of the running
-/// executable that holds cargo's `CACHEDIR.TAG` (test binaries live in `target/<profile>/deps`).
+/// executable that holds cargo's `CACHEDIR.TAG` (test binaries live in `target/<profile>/deps`),
+/// else the `target` folder of the working directory or one of its ancestors (an installed
+/// `reapkit` run inside a project).
 pub fn target_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors().skip(1).find(|a| a.join("CACHEDIR.TAG").is_file()).map(Path::to_path_buf)
+    let is_target = |dir: &Path| dir.join("CACHEDIR.TAG").is_file();
+    let exe = std::env::current_exe().ok();
+    if let Some(dir) = exe.as_deref().and_then(|e| e.ancestors().skip(1).find(|a| is_target(a))) {
+        return Some(dir.to_path_buf());
+    }
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().map(|a| a.join("target")).find(|t| is_target(t))
 }
 
 /// Creates the directory and proves it is writable by us, before any child is spawned.

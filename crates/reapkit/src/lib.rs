@@ -35,8 +35,11 @@ pub mod ownership;
 mod process;
 pub mod procfs;
 mod stderr_ring;
+pub mod supervise;
+pub mod sweep;
 mod sys;
 mod teardown;
+mod watchdog;
 
 #[cfg(feature = "docker")]
 pub use container::{
@@ -54,3 +57,4 @@ pub use process::{
 };
 pub use procfs::ProcId;
 pub use teardown::{EndedBy, Step, Teardown};
+pub use watchdog::DEFAULT_WATCHDOG_GRACE;

@@ -20,6 +20,16 @@ pub const ENV_GUARD: &str = "REAPKIT_GUARD";
 pub const ENV_TEST: &str = "REAPKIT_TEST";
 /// Overrides the ledger directory (default `<target dir>/reapkit/`).
 pub const ENV_LEDGER_DIR: &str = "REAPKIT_LEDGER_DIR";
+/// `off` (or `0`) stops guards from starting the out-of-process watchdog.
+pub const ENV_WATCHDOG: &str = "REAPKIT_WATCHDOG";
+/// The watchdog's SIGTERM-to-SIGKILL grace when its owner dies (humantime, default 1 s).
+pub const ENV_WATCHDOG_GRACE: &str = "REAPKIT_WATCHDOG_GRACE";
+/// Set on the watchdog process only: the `<pid>:<starttime>` it watches. It is what makes a
+/// re-executed test binary a watchdog, and what tells sweeps that a process is a watchdog.
+pub const ENV_WATCHDOG_OWNER: &str = "REAPKIT_WATCHDOG_OWNER";
+/// `<pid>:<starttime>` of a `reapkit run`/`reapkit wrap` supervising this process: the
+/// watchdog of a test it supervises directly leaves the clean-up to it while it lives.
+pub const ENV_SUPERVISOR: &str = "REAPKIT_SUPERVISOR";
 
 /// The identity of this (test) process, computed once.
 #[derive(Debug, Clone)]
@@ -49,11 +59,11 @@ impl Owner {
 
 fn run_id() -> String {
     let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    from_env(ENV_RUN_ID).or_else(|| from_env("NEXTEST_RUN_ID")).unwrap_or_else(fresh_id)
+    from_env(ENV_RUN_ID).or_else(|| from_env("NEXTEST_RUN_ID")).unwrap_or_else(fresh_run_id)
 }
 
-/// A random id from the kernel's UUID generator; no RNG crate needed for one value per process.
-fn fresh_id() -> String {
+/// A new run id: a random UUID from the kernel's generator (no RNG crate for one value).
+pub fn fresh_run_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| format!("{:x}-{:x}", std::process::id(), now_nanos()))
@@ -63,7 +73,8 @@ fn now_nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
-fn hostname() -> String {
+/// This machine's host name, as the `reapkit.owner-host` label and the ledger record it.
+pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 

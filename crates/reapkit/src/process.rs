@@ -18,6 +18,7 @@ use crate::procfs::{self, ProcId};
 use crate::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
 use crate::sys;
 use crate::teardown::{self, Teardown};
+use crate::watchdog;
 
 /// How long to wait for the child to exit by itself after its stdin closes.
 ///
@@ -137,6 +138,7 @@ impl ProcessBuilder {
             Graces { eof: self.eof_grace.unwrap_or(env_graces.eof), term: self.term_grace.unwrap_or(env_graces.term) };
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         ownership::become_subreaper();
+        watchdog::ensure(&ledger_dir);
 
         let owner = Owner::current();
         let guard_id = ownership::next_guard_id();

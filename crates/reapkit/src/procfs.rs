@@ -30,6 +30,19 @@ impl ProcId {
     }
 }
 
+impl std::str::FromStr for ProcId {
+    type Err = String;
+
+    /// Parses `<pid>:<starttime>`, the form of `REAPKIT_OWNER` and the ledger's `owner`.
+    fn from_str(s: &str) -> Result<ProcId, String> {
+        let (pid, start) = s.split_once(':').ok_or_else(|| format!("{s:?} is not <pid>:<starttime>"))?;
+        match (pid.parse::<i32>(), start.parse::<u64>()) {
+            (Ok(pid), Ok(start_time)) if pid > 0 => Ok(ProcId { pid, start_time }),
+            _ => Err(format!("{s:?} is not <pid>:<starttime>")),
+        }
+    }
+}
+
 impl std::fmt::Display for ProcId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.pid, self.start_time)
@@ -195,6 +208,13 @@ impl MarkerScan {
 
     /// All live processes of our user whose environment block (NUL-separated) satisfies `matches`.
     pub fn find_matching(&mut self, mut matches: impl FnMut(&[u8]) -> bool) -> Vec<ProcId> {
+        self.scan(|_, environ| matches(environ).then_some(())).into_iter().map(|(id, ())| id).collect()
+    }
+
+    /// Every live process of our user (not this one, not an ancestor) for which `inspect` of
+    /// its pid and environment block returns something, with what it returned. One pass over
+    /// `/proc`, one reused buffer.
+    pub fn scan<T>(&mut self, mut inspect: impl FnMut(i32, &[u8]) -> Option<T>) -> Vec<(ProcId, T)> {
         let mut found = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc") else { return found };
         let protected = self.protected.get_or_insert_with(self_and_ancestors).clone();
@@ -205,9 +225,13 @@ impl MarkerScan {
             if protected.contains(&pid) {
                 continue;
             }
-            if self.environ_matches(pid, &mut matches) {
-                if let Some(id) = ProcId::of(pid) {
-                    found.push(id);
+            let mut seen = None;
+            if self.environ_matches(pid, |environ| {
+                seen = inspect(pid, environ);
+                seen.is_some()
+            }) {
+                if let (Some(id), Some(value)) = (ProcId::of(pid), seen) {
+                    found.push((id, value));
                 }
             }
         }
@@ -245,6 +269,67 @@ pub fn self_and_ancestors() -> Vec<i32> {
         }
     }
     out
+}
+
+/// `pid`'s working directory, if we may read it.
+pub fn cwd(pid: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// Whether a process still runs the binary it started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExeState {
+    /// The file it was started from is unchanged.
+    Current,
+    /// The file was rewritten after the process started (a rebuild): it serves stale code.
+    Replaced,
+    /// The file was deleted (or replaced by rename) after the process started.
+    Deleted,
+}
+
+/// Whether `pid`'s executable was replaced or deleted since it started, given its start as
+/// wall-clock time; `None` if we may not look.
+pub fn exe_state(pid: i32, started: std::time::SystemTime) -> Option<ExeState> {
+    let target = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    if target.to_string_lossy().ends_with(" (deleted)") {
+        return Some(ExeState::Deleted);
+    }
+    let modified = std::fs::metadata(&target).and_then(|m| m.modified()).ok()?;
+    Some(if modified > started { ExeState::Replaced } else { ExeState::Current })
+}
+
+/// Turns start times (clock ticks after boot) into wall-clock times and ages.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    boot: std::time::SystemTime,
+    ticks_per_second: u64,
+}
+
+impl BootClock {
+    /// Reads the boot time (`btime` of `/proc/stat`) once.
+    pub fn read() -> BootClock {
+        let btime = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok()))
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        BootClock {
+            boot: std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime),
+            ticks_per_second: if ticks > 0 { ticks as u64 } else { 100 },
+        }
+    }
+
+    /// When a process with this start time started.
+    pub fn started(&self, start_time: u64) -> std::time::SystemTime {
+        self.boot + std::time::Duration::from_millis(start_time * 1000 / self.ticks_per_second)
+    }
+
+    /// How long ago a process with this start time started.
+    pub fn age(&self, start_time: u64) -> std::time::Duration {
+        self.started(start_time).elapsed().unwrap_or_default()
+    }
 }
 
 /// Whether `/proc` is mounted and readable at all (it is the only way we see processes).

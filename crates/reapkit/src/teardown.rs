@@ -193,6 +193,23 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
     }
 }
 
+/// Ends processes that a sweep, a watchdog or a supervisor proved to be leftovers, by the
+/// guard's protocol: SIGTERM to all at once, `grace`, SIGKILL, a bounded wait; then reaps those
+/// that are our children. Returns the ones still alive after SIGKILL.
+pub(crate) fn end_leftovers(members: &[Member], grace: Duration) -> Vec<ProcId> {
+    let all: Vec<&Member> = members.iter().collect();
+    terminate(None, &all, grace, &mut Clock::discard(), &mut Vec::new());
+    for m in members {
+        sys::reap_pidfd(m.pidfd.as_fd());
+    }
+    members.iter().filter(|m| !is_dead(m)).map(|m| m.id).collect()
+}
+
+/// Passes `sig` on to a supervised command (a supervisor's SIGTERM or SIGHUP).
+pub(crate) fn forward(member: &Member, sig: Signal) {
+    let _ = sys::pidfd_signal(member.pidfd.as_fd(), sig as i32);
+}
+
 /// The process group of the guarded child, signalled as one.
 struct Group<'a> {
     leader: BorrowedFd<'a>,

@@ -1,0 +1,327 @@
+//! What a sweep found and did, in the three forms users read it: a table for people, one JSON
+//! object for scripts, `::error` annotations for GitHub Actions.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::procfs::ExeState;
+
+/// Nothing leaked (and everything could be checked).
+pub const EXIT_CLEAN: i32 = 0;
+/// Leaks were found: reaped, or listed under `--dry-run`.
+pub const EXIT_LEAKS: i32 = 1;
+/// Something could not be checked (an unreachable engine, an unreadable ledger): the answer is
+/// incomplete, whatever else was found. Wins over [`EXIT_LEAKS`], because the fix differs.
+pub const EXIT_UNCHECKED: i32 = 2;
+
+/// What kind of resource leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakKind {
+    Process,
+    Container,
+    Network,
+    Volume,
+}
+
+/// The proof that made it ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FoundBy {
+    /// Its environment carries the reapkit markers.
+    Marker,
+    /// A ledger record names it (pid and start time, or container id).
+    Ledger,
+    /// It is a descendant of a proven leftover, or of the supervisor.
+    Descendant,
+    /// Docker labels `reapkit.*`.
+    Label,
+    /// The user's `--match` pattern (processes started without reapkit).
+    Match,
+    /// A watchdog reaped it when its owner died; its record is the evidence.
+    Watchdog,
+}
+
+/// How the resource is doing, for `reapkit ps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Alive, its owner too.
+    Running,
+    /// Alive, its owner gone: a leak.
+    Orphaned,
+    /// Exited, not yet reaped by its parent.
+    Zombie,
+    /// Runs a binary that was rebuilt or deleted since it started: it serves stale code.
+    StaleBinary,
+    /// No longer exists (reaped by a watchdog; only its record is left).
+    Gone,
+}
+
+/// What the sweep did with a leak.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Found; nothing done yet (`--dry-run`, or evidence printed before reaping).
+    WouldReap,
+    /// Ended by SIGTERM/SIGKILL.
+    Killed,
+    /// Removed from the engine (containers with their anonymous volumes).
+    Removed,
+    /// It was already gone when the sweep came to end it.
+    AlreadyGone,
+    /// A watchdog had reaped it; the sweep reports it and clears the record.
+    ReapedByWatchdog,
+    /// Ending it failed; `detail` says why.
+    Failed,
+    /// Only listed (`reapkit ps`).
+    Listed,
+}
+
+/// One leaked resource and the evidence for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leak {
+    pub kind: LeakKind,
+    /// The test that owned it (`REAPKIT_TEST`, the `reapkit.test` label, the record).
+    pub test: Option<String>,
+    pub run_id: Option<String>,
+    /// Seconds since it started (processes) or was created (Docker objects).
+    pub age_s: Option<u64>,
+    pub action: Action,
+    pub found_by: FoundBy,
+    pub health: Health,
+    pub pid: Option<i32>,
+    /// Container id, network id or volume name.
+    pub id: Option<String>,
+    /// `<pid>:<starttime>` of the process that owned it.
+    pub owner: Option<String>,
+    pub guard: Option<String>,
+    /// Command line (processes) or image and command (containers).
+    pub command: Option<String>,
+    pub cwd: Option<String>,
+    pub rss_bytes: Option<u64>,
+    pub fds: Option<usize>,
+    pub threads: Option<u64>,
+    /// Whether the executable was replaced or deleted since the process started.
+    pub exe: Option<ExeState>,
+    /// Why an action failed, or other facts worth a line.
+    pub detail: Option<String>,
+}
+
+impl Leak {
+    /// The identifier people look for: pid or short container id.
+    pub fn ident(&self) -> String {
+        match (self.pid, &self.id) {
+            (Some(pid), _) => pid.to_string(),
+            (None, Some(id)) if self.kind == LeakKind::Container => id.chars().take(12).collect(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => "?".into(),
+        }
+    }
+
+    /// One line of prose: what it is, whose it was, what was done.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{:?} {}", self.kind, self.ident()).to_lowercase();
+        if let Some(cmd) = &self.command {
+            s.push_str(&format!(" `{}`", truncate(cmd, 80)));
+        }
+        s.push_str(&format!(" from test {}", self.test.as_deref().unwrap_or("<unknown>")));
+        if let Some(run) = &self.run_id {
+            s.push_str(&format!(" (run {run})"));
+        }
+        if let Some(age) = self.age_s {
+            s.push_str(&format!(", {}", age_words(age)));
+        }
+        s.push_str(&format!(": {}", action_words(&self.action)));
+        if let Some(detail) = &self.detail {
+            s.push_str(&format!(" ({detail})"));
+        }
+        s
+    }
+}
+
+/// The outcome of a sweep.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub dry_run: bool,
+    pub leaks: Vec<Leak>,
+    /// What could not be checked, each with the cause and the fix.
+    pub unchecked: Vec<String>,
+    /// Facts that are not failures (stale records cleared, engines not configured).
+    pub notes: Vec<String>,
+    pub exit_code: i32,
+}
+
+impl Report {
+    pub(crate) fn new(dry_run: bool, leaks: Vec<Leak>, unchecked: Vec<String>, notes: Vec<String>) -> Report {
+        let exit_code = if !unchecked.is_empty() {
+            EXIT_UNCHECKED
+        } else if leaks.is_empty() {
+            EXIT_CLEAN
+        } else {
+            EXIT_LEAKS
+        };
+        Report { version: 1, dry_run, leaks, unchecked, notes, exit_code }
+    }
+
+    /// The report as one JSON object (`leaks`, `unchecked`, `notes`, `exit_code`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Writes the people's version: the evidence table, then what could not be checked.
+    pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
+        write_table(out, &self.leaks)?;
+        for line in &self.unchecked {
+            writeln!(out, "could not check: {line}")?;
+        }
+        for line in &self.notes {
+            writeln!(out, "note: {line}")?;
+        }
+        Ok(())
+    }
+
+    /// GitHub Actions workflow commands: one `::error` per leak and per unchecked part.
+    pub fn write_github_annotations(&self, out: &mut impl Write) -> io::Result<()> {
+        for leak in &self.leaks {
+            writeln!(out, "::error title=reapkit: leaked {:?}::{}", leak.kind, escape_annotation(&leak.summary()))?;
+        }
+        for line in &self.unchecked {
+            writeln!(out, "::error title=reapkit: could not check::{}", escape_annotation(line))?;
+        }
+        Ok(())
+    }
+}
+
+/// The evidence table: one row per leak, the columns a person needs to decide.
+pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
+    if leaks.is_empty() {
+        return writeln!(out, "no leaks");
+    }
+    writeln!(
+        out,
+        "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} COMMAND (CWD)",
+        "KIND", "PID/ID", "AGE", "HEALTH", "RSS", "FDS", "THR", "EXE", "ACTION", "OWNER", "TEST"
+    )?;
+    for l in leaks {
+        let dash = || "-".to_owned();
+        writeln!(
+            out,
+            "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} {}{}",
+            format!("{:?}", l.kind).to_lowercase(),
+            l.ident(),
+            l.age_s.map_or_else(dash, age_short),
+            words(&l.health),
+            l.rss_bytes.map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1048576.0)),
+            l.fds.map_or_else(dash, |n| n.to_string()),
+            l.threads.map_or_else(dash, |n| n.to_string()),
+            l.exe.map_or_else(dash, |e| words(&e)),
+            words(&l.action),
+            l.owner.as_deref().unwrap_or("-"),
+            truncate(l.test.as_deref().unwrap_or("-"), 40),
+            truncate(l.command.as_deref().unwrap_or("-"), 100),
+            l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {c})")),
+        )?;
+        if let Some(detail) = &l.detail {
+            writeln!(out, "{:<9} └ {detail}", "")?;
+        }
+    }
+    Ok(())
+}
+
+/// A serde enum's kebab-case name, as the JSON says it.
+fn words(value: &impl Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn action_words(action: &Action) -> String {
+    words(action).replace('-', " ")
+}
+
+fn age_short(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn age_words(secs: u64) -> String {
+    format!("{} old", age_short(secs))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// Workflow commands end at a newline and treat `%` specially.
+fn escape_annotation(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leak(kind: LeakKind) -> Leak {
+        Leak {
+            kind,
+            test: Some("suite::leaks_a_server".into()),
+            run_id: Some("run-1".into()),
+            age_s: Some(42),
+            action: Action::Killed,
+            found_by: FoundBy::Marker,
+            health: Health::Orphaned,
+            pid: Some(4242),
+            id: None,
+            owner: Some("100:5".into()),
+            guard: Some("g100-5-1".into()),
+            command: Some("node server.js".into()),
+            cwd: Some("/work".into()),
+            rss_bytes: Some(1 << 20),
+            fds: Some(12),
+            threads: Some(3),
+            exe: Some(ExeState::Replaced),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn exit_code_prefers_unchecked_over_leaks() {
+        assert_eq!(Report::new(false, vec![], vec![], vec![]).exit_code, EXIT_CLEAN);
+        assert_eq!(Report::new(false, vec![leak(LeakKind::Process)], vec![], vec![]).exit_code, EXIT_LEAKS);
+        assert_eq!(Report::new(false, vec![leak(LeakKind::Process)], vec!["x".into()], vec![]).exit_code, EXIT_UNCHECKED);
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let json: serde_json::Value =
+            serde_json::from_str(&Report::new(true, vec![leak(LeakKind::Process)], vec![], vec![]).to_json()).unwrap();
+        let first = &json["leaks"][0];
+        for field in ["kind", "test", "run_id", "age_s", "action"] {
+            assert!(!first[field].is_null(), "{field} missing in {first}");
+        }
+        assert_eq!(first["kind"], "process");
+        assert_eq!(first["action"], "killed");
+        assert_eq!(first["exe"], "replaced");
+    }
+
+    #[test]
+    fn annotations_name_the_test_on_one_line() {
+        let mut out = Vec::new();
+        let mut l = leak(LeakKind::Container);
+        l.detail = Some("line1\nline2".into());
+        Report::new(false, vec![l], vec![], vec![]).write_github_annotations(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("::error title=reapkit: leaked Container::"), "{text}");
+        assert!(text.contains("suite::leaks_a_server") && text.contains("%0A"), "{text}");
+    }
+}

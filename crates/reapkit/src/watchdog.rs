@@ -1,0 +1,130 @@
+//! The watchdog: an out-of-process guardian that reaps what a test process registered when
+//! that process dies without running its `Drop`s (SIGKILL, OOM, a nextest timeout, `abort`).
+//!
+//! The first guard of a process starts it ([`ensure`]), from the library alone: it is the
+//! running binary re-executed (`/proc/self/exe`) with `REAPKIT_WATCHDOG_OWNER` set, which a
+//! constructor ([`watchdog_entry`]) sees before `main` — so a user who only added the
+//! dev-dependency has one, with no binary to install. It runs in its own session (a group
+//! kill of the test does not take it along), with stdio on `/dev/null` (nextest sees no leak).
+//!
+//! It learns of its owner's death through a pidfd of the owner rather than a pipe: the test
+//! process then holds no extra descriptor (FD-leak checks stay exact), and a child that the
+//! test forks without exec cannot keep a pipe end — and the watchdog — alive. On death it runs
+//! the sweep scoped to its owner: ledger records and `/proc` markers, processes and containers;
+//! what it reaps stays in the ledger, marked, so the CI sweep still reports the leak and names
+//! the test. A `reapkit wrap`/`reapkit run` that supervises the owner directly does that work
+//! itself with better attribution, so the watchdog waits for it and only mops up if it died too.
+
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::ledger;
+use crate::ownership::{
+    Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
+    ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
+};
+use crate::process::Member;
+use crate::procfs::{ProcId, Stat};
+use crate::sweep::{DockerCheck, Scope, Sweep};
+use crate::sys;
+
+/// The watchdog's SIGTERM-to-SIGKILL grace for its owner's leftovers.
+pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
+/// An argument no program understands, so that a binary in which the constructor did not run
+/// exits at once instead of running its `main` (a test binary would run every test).
+const WATCHDOG_ARG: &str = "--reapkit-watchdog";
+
+/// Starts this process's watchdog for `ledger_dir`, once per directory. Best effort: without
+/// one, guards still tear down on `Drop`; only a killed test then leaks until the sweep.
+pub(crate) fn ensure(ledger_dir: &Path) {
+    static STARTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let disabled = std::env::var(ENV_WATCHDOG).is_ok_and(|v| v == "off" || v == "0");
+    // A watchdog never starts another one, whatever code it runs.
+    if disabled || std::env::var_os(ENV_WATCHDOG_OWNER).is_some() {
+        return;
+    }
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if started.iter().any(|d| d == ledger_dir) {
+        return;
+    }
+    match spawn(ledger_dir) {
+        Ok(()) => started.push(ledger_dir.to_path_buf()),
+        Err(e) => crate::teardown::warn(&format!(
+            "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
+             until `reapkit reap` runs"
+        )),
+    }
+}
+
+fn spawn(ledger_dir: &Path) -> std::io::Result<()> {
+    let owner = Owner::current();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("reapkit-watchdog")
+        .arg(WATCHDOG_ARG)
+        .env(ENV_WATCHDOG_OWNER, owner.marker())
+        .env(ENV_OWNER, owner.marker())
+        .env(ENV_RUN_ID, &owner.run_id)
+        .env(ENV_LEDGER_DIR, ledger_dir)
+        .env_remove(ENV_GUARD)
+        .env_remove(ENV_TEST)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match direct_supervisor() {
+        Some(supervisor) => cmd.env(ENV_SUPERVISOR, supervisor.to_string()),
+        None => cmd.env_remove(ENV_SUPERVISOR),
+    };
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    // Never waited for: it outlives this process by design, then exits on its own.
+    cmd.spawn().map(drop)
+}
+
+/// The supervisor (`reapkit wrap`/`run`) named in our environment, if it is our parent: only
+/// then is our death its business. Nested test processes inherit the variable but not the role.
+fn direct_supervisor() -> Option<ProcId> {
+    let named: ProcId = std::env::var(ENV_SUPERVISOR).ok()?.parse().ok()?;
+    let parent = Stat::read(std::process::id() as i32).ok()?.ppid;
+    (ProcId::of(parent) == Some(named)).then_some(named)
+}
+
+/// The watchdog's `main`, run before the real one when `REAPKIT_WATCHDOG_OWNER` is set.
+#[ctor::ctor(unsafe)]
+fn watchdog_entry() {
+    if let Some(owner) = std::env::var_os(ENV_WATCHDOG_OWNER) {
+        std::process::exit(watch(&owner.to_string_lossy()));
+    }
+}
+
+fn watch(owner: &str) -> i32 {
+    let Ok(owner) = owner.parse::<ProcId>() else { return 2 };
+    wait_for_death(owner);
+    if let Some(supervisor) = std::env::var(ENV_SUPERVISOR).ok().and_then(|s| s.parse::<ProcId>().ok()) {
+        wait_for_death(supervisor);
+    }
+    let grace = std::env::var(ENV_WATCHDOG_GRACE)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(DEFAULT_WATCHDOG_GRACE);
+    let dir = std::env::var_os(ENV_LEDGER_DIR).map_or_else(ledger::default_dir, PathBuf::from);
+    let report = Sweep::new(Scope::Owner(owner))
+        .ledger_dir(dir)
+        .docker(DockerCheck::RecordsOnly)
+        .grace(grace)
+        .as_watchdog()
+        .find()
+        .reap();
+    i32::from(!report.unchecked.is_empty())
+}
+
+/// Blocks until `id` has exited (at once if it already has, or its pid was recycled).
+fn wait_for_death(id: ProcId) {
+    let Some(member) = Member::open(id) else { return };
+    while !sys::wait_readable(member.pidfd.as_fd(), sys::deadline_in(Duration::from_secs(3600))) {}
+}
