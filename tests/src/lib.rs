@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use reapkit::procfs::{self, MarkerScan};
+
+pub mod docker;
 use reapkit::ProcId;
 
 /// The fixture MCP server built by this crate, next to the test binary's `deps` folder.
@@ -206,4 +208,23 @@ impl Samples {
 /// Milliseconds with `decimals` places, for tables.
 pub fn ms(d: std::time::Duration, decimals: usize) -> String {
     format!("{:.*} ms", decimals, d.as_secs_f64() * 1e3)
+}
+
+/// The `reapkit` binary of this workspace (`crates/reapkit-cli`), run with a clean slate:
+/// `cargo xtask test` and the nextest setup script build it next to the test binaries.
+pub fn reapkit_cli() -> Command {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join("reapkit");
+    assert!(path.is_file(), "{} is missing: build it with `cargo build -p reapkit-cli`", path.display());
+    Command::new(path)
+}
+
+/// The identity (`<pid>:<starttime>`) of a process that has exited and been reaped: an owner
+/// that is provably dead, for leftovers made on purpose.
+pub fn dead_owner() -> String {
+    let mut child = Command::new("true").spawn().expect("`true` starts");
+    let id = ProcId::of(child.id() as i32).expect("not yet reaped, so still in /proc");
+    child.wait().expect("reaped");
+    id.to_string()
 }

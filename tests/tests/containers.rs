@@ -5,49 +5,19 @@
 //! `REAPKIT_REQUIRE_DOCKER=1` (set by `cargo xtask test`, hence CI) turns a missing engine into
 //! a failure; without it these tests say they did not run and pass.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reapkit::{Container, Error, Ready};
+use reapkit_tests::docker::{docker, engine, leftovers, IMAGE};
 use reapkit_tests::fd_count;
 use serial_test::serial;
 
-const IMAGE: &str = "reapkit-busybox:latest";
 /// A label of the suite's own, so a test can find what it made even when no guard came back.
 const CASE_LABEL: &str = "reapkit-suite.case";
-
-/// Whether to run: the engine answers, or the suite does not require it (then say so).
-fn engine() -> bool {
-    let up = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
-    if !up && std::env::var("REAPKIT_REQUIRE_DOCKER").as_deref() == Ok("1") {
-        panic!("REAPKIT_REQUIRE_DOCKER=1 but no Docker engine answers: run scripts/docker-up.sh");
-    }
-    if !up {
-        eprintln!("no Docker engine: container test not run (set REAPKIT_REQUIRE_DOCKER=1 to fail instead)");
-    }
-    up
-}
 
 /// A unique value for [`CASE_LABEL`].
 fn case_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("the docker CLI runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Containers, networks and volumes carrying `label=value`, as the CLI sees them.
-fn leftovers(label: &str, value: &str) -> Vec<String> {
-    let filter = format!("label={label}={value}");
-    let mut found = Vec::new();
-    for what in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
-        let mut args = what.to_vec();
-        args.extend(["--filter", &filter]);
-        found.extend(docker(&args).lines().map(|l| format!("{} {l}", what[0])));
-    }
-    found
 }
 
 fn sleeper() -> reapkit::ContainerBuilder {

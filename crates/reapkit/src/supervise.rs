@@ -78,6 +78,17 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
         });
     }
     let program = cmd.get_program().to_string_lossy().into_owned();
+    // Leaks without a test name of their own are the supervised test's (wrap) or command's (run).
+    let culprit = match &mode {
+        Supervision::Wrap => std::env::var("NEXTEST_TEST_NAME").ok(),
+        Supervision::Run { .. } => Some(
+            std::iter::once(cmd.get_program())
+                .chain(cmd.get_args())
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program,
         source,
@@ -107,8 +118,8 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
         Supervision::Wrap => Scope::Owner(child_id),
     };
     let mut findings = sweep(scope).supervising().find();
-    if let Ok(test) = std::env::var("NEXTEST_TEST_NAME") {
-        findings.attribute(&test);
+    if let Some(culprit) = culprit {
+        findings.attribute(&culprit);
     }
     Ok(Ended { status, findings })
 }

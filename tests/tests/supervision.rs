@@ -1,0 +1,256 @@
+//! The layers below the guard, each checked from outside: the watchdog (a test process killed
+//! with SIGKILL), `reapkit wrap` (a test that leaks and passes), `reapkit run` (any command).
+//!
+//! The test processes here are `leaky-owner` (guards of a fixture tree, a `setsid` escapee and
+//! a container) or shell commands; each gets a private run id and ledger directory, so the
+//! sweeps they trigger can never reach another test's processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reapkit::procfs::{MarkerScan, ProcId};
+use reapkit_tests::docker::{docker, engine};
+use reapkit_tests::{is_zombie, reapkit_cli, wait_until};
+
+/// A name the leaky test process runs under, as nextest would name it.
+const LEAKY_TEST: &str = "suite::leaks_on_purpose";
+
+/// A leaky test process of its own run, with its own ledger.
+struct Leaky {
+    child: Child,
+    owner: String,
+    container: Option<String>,
+    run_id: String,
+    ledger: tempfile::TempDir,
+}
+
+impl Leaky {
+    fn start(flags: &[&str]) -> Leaky {
+        let ledger = tempfile::tempdir().expect("tempdir");
+        let run_id = format!("supervision-{}", uuid());
+        let mut child = leaky_command(flags, &run_id, ledger.path()).stdout(Stdio::piped()).spawn().expect("starts");
+        let (owner, container) = read_ready(&mut child);
+        Leaky { child, owner, container, run_id, ledger }
+    }
+
+    /// Every process the leaky test owns (its guards' trees and escapees), as seen in `/proc`.
+    fn tree(&self, expected: usize) -> Vec<ProcId> {
+        let owner = format!("REAPKIT_OWNER={}", self.owner);
+        wait_until("the fixture tree and the escapee are up", || {
+            let found = MarkerScan::new()
+                .find_matching(|env| has(env, &owner) && !has_prefix(env, "REAPKIT_WATCHDOG_OWNER="));
+            (found.len() >= expected).then_some(found)
+        })
+    }
+
+    fn watchdog(&self) -> ProcId {
+        let marker = format!("REAPKIT_WATCHDOG_OWNER={}", self.owner);
+        wait_until("the watchdog is up", || MarkerScan::new().find(&marker).first().copied())
+    }
+}
+
+impl Drop for Leaky {
+    fn drop(&mut self) {
+        // Ours, by pid: if a check failed before the kill, end the test process normally
+        // (closing its stdin lets its guards drop) or, failing that, kill it.
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn leaky_command(flags: &[&str], run_id: &str, ledger: &std::path::Path) -> Command {
+    let exe = reapkit_cli().get_program().to_owned();
+    let mut cmd = Command::new(std::path::Path::new(&exe).with_file_name("leaky-owner"));
+    cmd.args(flags)
+        .env("REAPKIT_RUN_ID", run_id)
+        .env("REAPKIT_LEDGER_DIR", ledger)
+        .env("NEXTEST_TEST_NAME", LEAKY_TEST)
+        // Its watchdog must not wait for the wrapper running *this* test.
+        .env_remove("REAPKIT_SUPERVISOR")
+        .stdin(Stdio::piped());
+    cmd
+}
+
+fn read_ready(child: &mut Child) -> (String, Option<String>) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("reads");
+    let mut words = line.split_whitespace().skip(1);
+    let owner = words.next().unwrap_or_else(|| panic!("no ready line: {line:?}")).to_owned();
+    let container = words.next().filter(|c| *c != "-").map(str::to_owned);
+    (owner, container)
+}
+
+fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid").trim().to_owned()
+}
+
+fn has(environ: &[u8], entry: &str) -> bool {
+    environ.split(|&b| b == 0).any(|e| e == entry.as_bytes())
+}
+
+fn has_prefix(environ: &[u8], prefix: &str) -> bool {
+    environ.split(|&b| b == 0).any(|e| e.starts_with(prefix.as_bytes()))
+}
+
+/// Exited: gone from `/proc`, or a zombie (dead; its parent has not reaped it yet).
+fn exited(id: &ProcId) -> bool {
+    !id.is_alive() || is_zombie(id.pid)
+}
+
+fn container_exists(id: &str) -> bool {
+    !docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).is_empty()
+}
+
+/// Reaps the zombies of `ids` that were re-parented to us (we are their subreaper).
+fn reap_adopted(ids: &[ProcId]) {
+    for id in ids.iter().filter(|id| is_zombie(id.pid)) {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+}
+
+#[test]
+fn a_killed_test_process_is_cleaned_up_by_its_watchdog() {
+    if !engine() {
+        return;
+    }
+    // Orphans of the killed process come to us, so that we can reap their zombies.
+    reapkit::ownership::become_subreaper();
+    let mut leaky = Leaky::start(&[]);
+    let tree = leaky.tree(5);
+    let watchdog = leaky.watchdog();
+    let container = leaky.container.clone().expect("a container");
+    assert!(container_exists(&container));
+
+    let killed_at = Instant::now();
+    leaky.child.kill().expect("SIGKILL our own child");
+    leaky.child.wait().expect("reaped");
+    let mut everything = tree.clone();
+    everything.push(watchdog);
+    wait_until("the watchdog ended the tree, the escapee, the container and itself", || {
+        (everything.iter().all(exited) && !container_exists(&container)).then_some(())
+    });
+    let took = killed_at.elapsed();
+    reap_adopted(&everything);
+    let limit = reapkit::DEFAULT_WATCHDOG_GRACE + Duration::from_secs(1);
+    assert!(took <= limit, "the watchdog took {took:?}, more than grace + 1 s ({limit:?})");
+
+    // The evidence stays for the CI sweep, which names the test and fails; then it is clean.
+    let reap = |json: bool| {
+        let mut cmd = reapkit_cli();
+        cmd.args(["reap", "--run-id", &leaky.run_id, "--ledger-dir"]).arg(leaky.ledger.path());
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("reapkit runs")
+    };
+    let first = reap(true);
+    assert_eq!(first.status.code(), Some(1), "{}", String::from_utf8_lossy(&first.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("one JSON object");
+    let leaks = report["leaks"].as_array().expect("a leaks array");
+    assert!(leaks.len() >= 3, "two guarded trees and a container: {report:#}");
+    for leak in leaks {
+        assert_eq!(leak["test"], LEAKY_TEST, "{leak}");
+        assert_eq!(leak["action"], "reaped-by-watchdog", "{leak}");
+    }
+    assert!(leaks.iter().any(|l| l["kind"] == "container" && l["id"] == container.as_str()), "{report:#}");
+    let second = reap(false);
+    assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stdout));
+}
+
+#[test]
+fn a_clean_test_process_leaves_no_watchdog_and_no_evidence() {
+    reapkit::ownership::become_subreaper();
+    let mut leaky = Leaky::start(&["--no-container"]);
+    let tree = leaky.tree(5);
+    let watchdog = leaky.watchdog();
+    drop(leaky.child.stdin.take()); // it ends normally: every guard drops
+    assert!(leaky.child.wait().expect("ends").success());
+    let mut everything = tree;
+    everything.push(watchdog);
+    wait_until("the tree and the watchdog are gone", || everything.iter().all(exited).then_some(()));
+    reap_adopted(&everything);
+    let out = reapkit_cli()
+        .args(["reap", "--no-docker", "--run-id", &leaky.run_id, "--ledger-dir"])
+        .arg(leaky.ledger.path())
+        .output()
+        .expect("reapkit runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn wrap_fails_exactly_the_test_that_leaked_and_reaps_it() {
+    if !engine() {
+        return;
+    }
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let run_id = format!("wrap-{}", uuid());
+    let leaky = leaky_command(&["--forget"], &run_id, ledger.path());
+    let out = reapkit_cli()
+        .arg("wrap")
+        .arg(leaky.get_program())
+        .args(leaky.get_args())
+        .envs(leaky.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("REAPKIT_SUPERVISOR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("reapkit wrap runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a passing test that leaked fails:\n{stderr}");
+    assert!(stderr.contains(LEAKY_TEST), "the report names the test:\n{stderr}");
+    let (owner, container) = read_ready_from(&out.stdout);
+    for kind in ["process", "container"] {
+        assert!(stderr.contains(&format!("leaked {kind}")), "{kind} reported:\n{stderr}");
+    }
+    let container = container.expect("a container");
+    assert!(!container_exists(&container), "the leaked container was removed");
+    let marked = MarkerScan::new().find_matching(|env| has(env, &format!("REAPKIT_OWNER={owner}")));
+    assert!(marked.is_empty(), "nothing of the test (watchdog included) is left: {marked:?}");
+    assert!(std::fs::read_dir(ledger.path()).expect("ledger").next().is_none(), "its records are cleared");
+}
+
+fn read_ready_from(stdout: &[u8]) -> (String, Option<String>) {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().find(|l| l.starts_with("ready ")).unwrap_or_else(|| panic!("no ready line: {text}"));
+    let mut words = line.split_whitespace().skip(1);
+    let owner = words.next().expect("owner").to_owned();
+    (owner, words.next().filter(|c| *c != "-").map(str::to_owned))
+}
+
+#[test]
+fn wrap_passes_a_clean_test_through_with_its_status() {
+    for (script, code) in [("exit 0", 0), ("exit 7", 7)] {
+        let out = reapkit_cli().args(["wrap", "--no-docker", "sh", "-c", script]).output().expect("runs");
+        assert_eq!(out.status.code(), Some(code), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("leaked"));
+    }
+}
+
+/// `reapkit run -- CMD`: descendants still alive after CMD ends are killed and reported,
+/// a `setsid` escapee included; CMD's status wins when non-zero; a decoy with the very same
+/// command line, started outside the run, survives.
+#[test]
+fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
+    // A command line no other process has: the decoy and the leaks share it exactly.
+    let sleeper = format!("sleep 3600.{}{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos());
+    let mut decoy = Command::new("sh").args(["-c", &format!("exec {sleeper}")]).spawn().expect("decoy");
+    let decoy_id = ProcId::of(decoy.id() as i32).expect("decoy alive");
+
+    for (exit, expected) in [("exit 0", 1), ("exit 3", 3)] {
+        let script = format!("{sleeper} & setsid {sleeper} </dev/null >/dev/null 2>&1 & {exit}");
+        let out = reapkit_cli()
+            .args(["run", "--no-docker", "--grace", "200ms", "--", "sh", "-c", &script])
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(expected), "{stderr}");
+        assert_eq!(stderr.matches("reapkit: leaked process").count(), 2, "both sleeps reported:\n{stderr}");
+        assert!(stderr.contains("from test sh -c"), "attributed to the command:\n{stderr}");
+    }
+    assert!(decoy_id.is_alive() && !is_zombie(decoy_id.pid), "the decoy with the same command line survived");
+    decoy.kill().expect("our decoy");
+    decoy.wait().expect("reaped");
+    let clean = reapkit_cli().args(["run", "--no-docker", "--", "true"]).output().expect("runs");
+    assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
+}
