@@ -38,8 +38,8 @@ impl Leaky {
     fn tree(&self, expected: usize) -> Vec<ProcId> {
         let owner = format!("REAPKIT_OWNER={}", self.owner);
         wait_until("the fixture tree and the escapee are up", || {
-            let found = MarkerScan::new()
-                .find_matching(|env| has(env, &owner) && !has_prefix(env, "REAPKIT_WATCHDOG_OWNER="));
+            let found =
+                MarkerScan::new().find_matching(|env| has(env, &owner) && !has_prefix(env, "REAPKIT_WATCHDOG_OWNER="));
             (found.len() >= expected).then_some(found)
         })
     }
@@ -233,7 +233,11 @@ fn wrap_passes_a_clean_test_through_with_its_status() {
 #[test]
 fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
     // A command line no other process has: the decoy and the leaks share it exactly.
-    let sleeper = format!("sleep 3600.{}{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos());
+    let sleeper = format!(
+        "sleep 3600.{}{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
+    );
     let mut decoy = Command::new("sh").args(["-c", &format!("exec {sleeper}")]).spawn().expect("decoy");
     let decoy_id = ProcId::of(decoy.id() as i32).expect("decoy alive");
 

@@ -144,8 +144,13 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
     let report = args.sweep.sweep(Scope::Everything).find().report();
     if args.json {
         println!("{}", report.to_json());
+    } else if report.leaks.is_empty() {
+        println!("reapkit: nothing tracked is alive");
     } else {
-        report.write_text(&mut std::io::stdout())?;
+        write_table(&mut std::io::stdout(), &report.leaks)?;
+    }
+    for line in &report.unchecked {
+        eprintln!("reapkit: could not check: {line}");
     }
     Ok(if report.unchecked.is_empty() { EXIT_CLEAN } else { reapkit::sweep::EXIT_UNCHECKED })
 }

@@ -117,7 +117,7 @@ fn watch(owner: &str) -> i32 {
         .ledger_dir(dir)
         .docker(DockerCheck::RecordsOnly)
         .grace(grace)
-        .as_watchdog()
+        .keeping_evidence()
         .find()
         .reap();
     i32::from(!report.unchecked.is_empty())

@@ -41,7 +41,8 @@ pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findi
     let mut hosts: Vec<String> = match &sweep.docker {
         DockerCheck::Off => {
             if !records.is_empty() {
-                f.notes.push(format!("Docker not checked (--no-docker): {} container records left alone", records.len()));
+                f.notes
+                    .push(format!("Docker not checked (--no-docker): {} container records left alone", records.len()));
             }
             return;
         }
@@ -151,7 +152,8 @@ fn configured_host() -> Option<String> {
 }
 
 fn take_record(records: &mut Vec<(PathBuf, Record)>, id: &str) -> Option<PathBuf> {
-    let at = records.iter().position(|(_, r)| matches!(&r.resource, Resource::Container { id: rid, .. } if rid == id))?;
+    let at =
+        records.iter().position(|(_, r)| matches!(&r.resource, Resource::Container { id: rid, .. } if rid == id))?;
     Some(records.remove(at).0)
 }
 

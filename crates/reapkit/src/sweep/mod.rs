@@ -169,7 +169,7 @@ impl Sweep {
         self
     }
 
-    pub(crate) fn as_watchdog(mut self) -> Self {
+    pub(crate) fn keeping_evidence(mut self) -> Self {
         self.as_watchdog = true;
         self
     }
@@ -309,7 +309,11 @@ pub struct Findings {
 /// What a leak is, for acting on it.
 #[derive(Debug)]
 enum Target {
-    Process { id: ProcId, markers: Markers, record: Option<PathBuf> },
+    Process {
+        id: ProcId,
+        markers: Markers,
+        record: Option<PathBuf>,
+    },
     #[cfg(feature = "docker")]
     Docker(docker::Object),
     /// Only evidence is left (a record a watchdog marked as reaped): clear it.
@@ -383,10 +387,14 @@ impl Findings {
             }
         }
         let watchdogs: Vec<Member> = self.watchdogs.iter().filter_map(|id| Member::open(*id)).collect();
-        let all: Vec<Member> = members.into_iter().map(|(i, m)| {
-            self.leaks[i].action = Action::Killed;
-            m
-        }).chain(watchdogs).collect();
+        let all: Vec<Member> = members
+            .into_iter()
+            .map(|(i, m)| {
+                self.leaks[i].action = Action::Killed;
+                m
+            })
+            .chain(watchdogs)
+            .collect();
         for survivor in teardown::end_leftovers(&all, self.grace) {
             if let Some(leak) = self.leaks.iter_mut().find(|l| l.pid == Some(survivor.pid)) {
                 leak.action = Action::Failed;
@@ -433,7 +441,9 @@ impl Findings {
                 (path.parent().map(PathBuf::from).unwrap_or_default(), record)
             }
             None => match target {
-                Target::Process { id, markers, .. } => (ledger::default_dir(), escapee_record(*id, markers, &self.host)),
+                Target::Process { id, markers, .. } => {
+                    (ledger::default_dir(), escapee_record(*id, markers, &self.host))
+                }
                 _ => return Ok(()),
             },
         };

@@ -171,18 +171,6 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    /// Writes the people's version: the evidence table, then what could not be checked.
-    pub fn write_text(&self, out: &mut impl Write) -> io::Result<()> {
-        write_table(out, &self.leaks)?;
-        for line in &self.unchecked {
-            writeln!(out, "could not check: {line}")?;
-        }
-        for line in &self.notes {
-            writeln!(out, "note: {line}")?;
-        }
-        Ok(())
-    }
-
     /// GitHub Actions workflow commands: one `::error` per leak and per unchecked part.
     pub fn write_github_annotations(&self, out: &mut impl Write) -> io::Result<()> {
         for leak in &self.leaks {
@@ -297,7 +285,10 @@ mod tests {
     fn exit_code_prefers_unchecked_over_leaks() {
         assert_eq!(Report::new(false, vec![], vec![], vec![]).exit_code, EXIT_CLEAN);
         assert_eq!(Report::new(false, vec![leak(LeakKind::Process)], vec![], vec![]).exit_code, EXIT_LEAKS);
-        assert_eq!(Report::new(false, vec![leak(LeakKind::Process)], vec!["x".into()], vec![]).exit_code, EXIT_UNCHECKED);
+        assert_eq!(
+            Report::new(false, vec![leak(LeakKind::Process)], vec!["x".into()], vec![]).exit_code,
+            EXIT_UNCHECKED
+        );
     }
 
     #[test]
