@@ -258,3 +258,30 @@ fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
     let clean = reapkit_cli().args(["run", "--no-docker", "--", "true"]).output().expect("runs");
     assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
 }
+
+#[test]
+fn run_removes_the_containers_created_under_its_run_id() {
+    if !engine() {
+        return;
+    }
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let run_id = format!("run-{}", uuid());
+    let leaky = leaky_command(&["--forget"], "ignored: `reapkit run` sets its own", ledger.path());
+    let out = reapkit_cli()
+        .args(["run", "--grace", "200ms", "--run-id", &run_id, "--ledger-dir"])
+        .arg(ledger.path())
+        .arg("--")
+        .arg(leaky.get_program())
+        .args(leaky.get_args())
+        .env("REAPKIT_LEDGER_DIR", ledger.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("reapkit run runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, container) = read_ready_from(&out.stdout);
+    let container = container.expect("a container");
+    assert!(stderr.contains(&format!("leaked container {}", &container[..12])), "{stderr}");
+    assert!(!container_exists(&container), "removed");
+    assert!(docker(&["ps", "-aq", "--filter", &format!("label=reapkit.run-id={run_id}")]).is_empty());
+}

@@ -296,7 +296,10 @@ pub fn exe_state(pid: i32, started: std::time::SystemTime) -> Option<ExeState> {
         return Some(ExeState::Deleted);
     }
     let modified = std::fs::metadata(&target).and_then(|m| m.modified()).ok()?;
-    Some(if modified > started { ExeState::Replaced } else { ExeState::Current })
+    // The start time is only known to a second (`btime`) plus a clock tick: a binary written
+    // just before the process started must not look rebuilt.
+    let tolerance = std::time::Duration::from_millis(1100);
+    Some(if modified > started + tolerance { ExeState::Replaced } else { ExeState::Current })
 }
 
 /// Turns start times (clock ticks after boot) into wall-clock times and ages.

@@ -1,0 +1,92 @@
+//! The evidence `reapkit ps` and `reapkit reap` show before anything is killed: a server that
+//! runs a binary rebuilt or deleted since it started serves stale code, and says so.
+
+use std::process::{Child, Command, Stdio};
+
+use reapkit::procfs::ProcId;
+use reapkit_tests::{dead_owner, reapkit_cli};
+
+/// Leftovers started on purpose from copies of `sleep`, ended by pid if a check fails.
+struct Leftovers(Vec<Child>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_rebuilt_or_deleted_binary_is_shown_as_stale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let run_id = format!("evidence-{}", std::process::id());
+    let owner = dead_owner();
+    let sleep = which("sleep");
+    let start = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::copy(&sleep, &path).expect("copy sleep");
+        Command::new(&path)
+            .arg("3600")
+            .env("REAPKIT_RUN_ID", &run_id)
+            .env("REAPKIT_OWNER", &owner)
+            .env("REAPKIT_TEST", "evidence::stale_server")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the copy runs")
+    };
+    let mut leftovers = Leftovers(vec![start("server-rebuilt"), start("server-deleted"), start("server-current")]);
+    let pids: Vec<i32> = leftovers.0.iter().map(|c| c.id() as i32).collect();
+    // A rebuild that rewrote the file after the start (mtime later than the start) ...
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(false)
+        .read(true)
+        .open(dir.path().join("server-rebuilt"))
+        .and_then(|f| f.set_modified(later))
+        .expect("set mtime");
+    // ... and one that replaced the file (cargo renames a new binary over the old one).
+    std::fs::remove_file(dir.path().join("server-deleted")).expect("rm");
+
+    let ps =
+        reapkit_cli().args(["ps", "--json", "--no-docker", "--ledger-dir"]).arg(ledger.path()).output().expect("ps");
+    let report: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("one JSON object");
+    let entry = |pid: i32| {
+        report["leaks"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["pid"] == pid))
+            .unwrap_or_else(|| panic!("pid {pid} not listed: {report:#}"))
+            .clone()
+    };
+    for (pid, exe, health) in
+        [(pids[0], "replaced", "stale-binary"), (pids[1], "deleted", "stale-binary"), (pids[2], "current", "orphaned")]
+    {
+        let e = entry(pid);
+        assert_eq!((e["exe"].as_str(), e["health"].as_str()), (Some(exe), Some(health)), "{e:#}");
+        assert_eq!(e["test"], "evidence::stale_server");
+        assert!(e["rss_bytes"].as_u64().is_some_and(|b| b > 0) && e["fds"].as_u64().is_some(), "{e:#}");
+        assert_eq!(e["cwd"], std::env::current_dir().unwrap().display().to_string());
+    }
+
+    let reap = reapkit_cli()
+        .args(["reap", "--no-docker", "--grace", "100ms", "--run-id", &run_id, "--ledger-dir"])
+        .arg(ledger.path())
+        .output()
+        .expect("reap");
+    let text = String::from_utf8_lossy(&reap.stdout);
+    assert_eq!(reap.status.code(), Some(1), "{text}");
+    assert!(text.contains("stale-binary") && text.contains("deleted"), "the evidence table says so:\n{text}");
+    for child in &mut leftovers.0 {
+        let status = child.wait().expect("our child");
+        assert!(status.code().is_none(), "ended by a signal: {status:?}");
+    }
+    assert!(pids.iter().all(|&p| ProcId::of(p).is_none()));
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
+}
