@@ -14,7 +14,8 @@ pub enum Error {
     /// The ledger directory cannot be created or written.
     #[error(
         "the reapkit ledger directory {} is not usable: {source}. \
-         Set REAPKIT_LEDGER_DIR to a directory you own and can write, or fix its permissions",
+         Point REAPKIT_LEDGER_DIR (or `--ledger-dir`, `.ledger_dir()`) at a directory you own and can write, \
+         or fix its permissions",
         dir.display()
     )]
     Ledger { dir: PathBuf, source: std::io::Error },

@@ -156,9 +156,16 @@ pub fn page_size() -> u64 {
     }
 }
 
-/// The real uid that owns `/proc/<pid>`, i.e. the process's owner.
+/// The real uid of `pid`, from the `Uid:` line of its `status`.
+///
+/// Not the owner of its `/proc` files: a process that switched user without exec afterwards
+/// (a privilege-dropping server) is not dumpable, and its `/proc` files then belong to root.
 pub fn owner_uid(pid: i32) -> io::Result<u32> {
-    Ok(std::fs::metadata(format!("/proc/{pid}"))?.uid())
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid: line in /proc status"))
 }
 
 /// `pid`'s command line, NUL separators turned into spaces (for reports).
@@ -226,10 +233,13 @@ impl MarkerScan {
                 continue;
             }
             let mut seen = None;
-            if self.environ_matches(pid, |environ| {
+            // fstat of environ rules out most other users cheaply; the real uid, read only for
+            // the few that match, rules out the non-dumpable ones whose files root owns.
+            let matched = self.environ_matches(pid, |environ| {
                 seen = inspect(pid, environ);
                 seen.is_some()
-            }) {
+            }) && owner_uid(pid).is_ok_and(|u| u == self.uid);
+            if matched {
                 if let (Some(id), Some(value)) = (ProcId::of(pid), seen) {
                     found.push((id, value));
                 }
@@ -238,9 +248,9 @@ impl MarkerScan {
         found
     }
 
-    /// Whether `pid` is ours (same uid) and its environment carries `entry`.
+    /// Whether `pid` is ours (same real uid) and its environment carries `entry`.
     pub fn carries(&mut self, pid: i32, entry: &[u8]) -> bool {
-        self.environ_matches(pid, |environ| environ_has(environ, entry))
+        self.environ_matches(pid, |environ| environ_has(environ, entry)) && owner_uid(pid).is_ok_and(|u| u == self.uid)
     }
 
     fn environ_matches(&mut self, pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
