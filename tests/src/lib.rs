@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use reapkit::procfs::{self, MarkerScan};
 
 pub mod docker;
+pub mod sweep_sandbox;
 use reapkit::ProcId;
 
 /// The fixture MCP server built by this crate, next to the test binary's `deps` folder.

@@ -1,22 +1,11 @@
 //! The evidence `reapkit ps` and `reapkit reap` show before anything is killed: a server that
 //! runs a binary rebuilt or deleted since it started serves stale code, and says so.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use reapkit::procfs::ProcId;
+use reapkit_tests::sweep_sandbox::{which, Spawned};
 use reapkit_tests::{dead_owner, reapkit_cli};
-
-/// Leftovers started on purpose from copies of `sleep`, ended by pid if a check fails.
-struct Leftovers(Vec<Child>);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[test]
 fn a_rebuilt_or_deleted_binary_is_shown_as_stale() {
@@ -24,21 +13,20 @@ fn a_rebuilt_or_deleted_binary_is_shown_as_stale() {
     let ledger = tempfile::tempdir().expect("tempdir");
     let run_id = format!("evidence-{}", std::process::id());
     let owner = dead_owner();
-    let sleep = which("sleep");
+    let sleep = which("sleep").expect("sleep is on PATH");
+    // Leftovers started on purpose from copies of `sleep`, ended by pid if a check fails.
     let start = |name: &str| {
         let path = dir.path().join(name);
         std::fs::copy(&sleep, &path).expect("copy sleep");
-        Command::new(&path)
-            .arg("3600")
+        let mut cmd = Command::new(&path);
+        cmd.arg("3600")
             .env("REAPKIT_RUN_ID", &run_id)
             .env("REAPKIT_OWNER", &owner)
-            .env("REAPKIT_TEST", "evidence::stale_server")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("the copy runs")
+            .env("REAPKIT_TEST", "evidence::stale_server");
+        Spawned::start(cmd)
     };
-    let mut leftovers = Leftovers(vec![start("server-rebuilt"), start("server-deleted"), start("server-current")]);
-    let pids: Vec<i32> = leftovers.0.iter().map(|c| c.id() as i32).collect();
+    let mut leftovers = [start("server-rebuilt"), start("server-deleted"), start("server-current")];
+    let pids: Vec<i32> = leftovers.iter().map(|s| s.id.pid).collect();
     // A rebuild that rewrote the file after the start (mtime later than the start) ...
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
     std::fs::File::options()
@@ -78,15 +66,8 @@ fn a_rebuilt_or_deleted_binary_is_shown_as_stale() {
     let text = String::from_utf8_lossy(&reap.stdout);
     assert_eq!(reap.status.code(), Some(1), "{text}");
     assert!(text.contains("stale-binary") && text.contains("deleted"), "the evidence table says so:\n{text}");
-    for child in &mut leftovers.0 {
-        let status = child.wait().expect("our child");
-        assert!(status.code().is_none(), "ended by a signal: {status:?}");
+    for leftover in &mut leftovers {
+        leftover.assert_reaped("a leftover of the stale-binary run");
     }
     assert!(pids.iter().all(|&p| ProcId::of(p).is_none()));
-}
-
-fn which(program: &str) -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
-        .unwrap_or_else(|| panic!("{program} not on PATH"))
 }

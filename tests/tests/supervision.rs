@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use reapkit::procfs::{MarkerScan, ProcId};
 use reapkit_tests::docker::{docker, engine};
+use reapkit_tests::sweep_sandbox::Spawned;
 use reapkit_tests::{is_zombie, reapkit_cli, wait_until};
 
 /// A name the leaky test process runs under, as nextest would name it.
@@ -238,8 +239,9 @@ fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
     );
-    let mut decoy = Command::new("sh").args(["-c", &format!("exec {sleeper}")]).spawn().expect("decoy");
-    let decoy_id = ProcId::of(decoy.id() as i32).expect("decoy alive");
+    let mut decoy_cmd = Command::new("sh");
+    decoy_cmd.args(["-c", &format!("exec {sleeper}")]);
+    let mut decoy = Spawned::start(decoy_cmd);
 
     for (exit, expected) in [("exit 0", 1), ("exit 3", 3)] {
         let script = format!("{sleeper} & setsid {sleeper} </dev/null >/dev/null 2>&1 & {exit}");
@@ -252,9 +254,8 @@ fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
         assert_eq!(stderr.matches("reapkit: leaked process").count(), 2, "both sleeps reported:\n{stderr}");
         assert!(stderr.contains("from test sh -c"), "attributed to the command:\n{stderr}");
     }
-    assert!(decoy_id.is_alive() && !is_zombie(decoy_id.pid), "the decoy with the same command line survived");
-    decoy.kill().expect("our decoy");
-    decoy.wait().expect("reaped");
+    decoy.assert_survived("the decoy with the same command line");
+    drop(decoy);
     let clean = reapkit_cli().args(["run", "--no-docker", "--", "true"]).output().expect("runs");
     assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stderr));
 }
