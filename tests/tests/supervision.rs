@@ -150,11 +150,24 @@ fn a_killed_test_process_is_cleaned_up_by_its_watchdog() {
     assert_eq!(first.status.code(), Some(1), "{}", String::from_utf8_lossy(&first.stderr));
     let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("one JSON object");
     let leaks = report["leaks"].as_array().expect("a leaks array");
-    assert!(leaks.len() >= 3, "two guarded trees and a container: {report:#}");
     for leak in leaks {
         assert_eq!(leak["test"], LEAKY_TEST, "{leak}");
         assert_eq!(leak["action"], "reaped-by-watchdog", "{leak}");
     }
+    // Every process of both trees, escapee included, with the command line taken before the kill.
+    let mut reported: Vec<i64> =
+        leaks.iter().filter(|l| l["kind"] == "process").filter_map(|l| l["pid"].as_i64()).collect();
+    reported.sort_unstable();
+    let mut expected: Vec<i64> = tree.iter().map(|id| i64::from(id.pid)).collect();
+    expected.sort_unstable();
+    assert_eq!(reported, expected, "{report:#}");
+    assert!(
+        leaks
+            .iter()
+            .filter(|l| l["kind"] == "process")
+            .all(|l| l["command"].as_str().is_some_and(|c| c.contains("fixture-server"))),
+        "{report:#}"
+    );
     assert!(leaks.iter().any(|l| l["kind"] == "container" && l["id"] == container.as_str()), "{report:#}");
     let second = reap(false);
     assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stdout));

@@ -176,6 +176,7 @@ impl Sweep {
 
     /// Reads the machine: ledger, `/proc`, Docker. Never signals anything.
     pub fn find(&self) -> Findings {
+        let dir = self.ledger_dir.clone().unwrap_or_else(ledger::default_dir);
         let mut f = Findings {
             leaks: Vec::new(),
             targets: Vec::new(),
@@ -183,6 +184,7 @@ impl Sweep {
             watchdogs: Vec::new(),
             unchecked: Vec::new(),
             notes: Vec::new(),
+            ledger_dir: dir.clone(),
             clock: BootClock::read(),
             host: ownership::hostname(),
             grace: self.grace,
@@ -190,7 +192,6 @@ impl Sweep {
             listing: self.scope == Scope::Everything,
             supervising: self.supervising,
         };
-        let dir = self.ledger_dir.clone().unwrap_or_else(ledger::default_dir);
         let contents = ledger::read_dir(&dir).unwrap_or_else(|e| {
             f.unchecked.push(e.to_string());
             ledger::Contents::default()
@@ -298,6 +299,7 @@ pub struct Findings {
     watchdogs: Vec<ProcId>,
     unchecked: Vec<String>,
     notes: Vec<String>,
+    ledger_dir: PathBuf,
     clock: BootClock,
     host: String,
     grace: Duration,
@@ -415,7 +417,7 @@ impl Findings {
             }
             if self.as_watchdog {
                 if ended(&leak.action) {
-                    if let Err(e) = self.mark_reaped(target) {
+                    if let Err(e) = self.mark_reaped(target, leak) {
                         self.unchecked.push(e);
                     }
                 }
@@ -432,7 +434,7 @@ impl Findings {
     }
 
     /// Keeps (or creates) the record of something the watchdog reaped, marked as such.
-    fn mark_reaped(&self, target: &Target) -> Result<(), String> {
+    fn mark_reaped(&self, target: &Target, leak: &Leak) -> Result<(), String> {
         let reaped = Some(ledger::Reaped { by: "watchdog".into(), at: ledger::now_rfc3339() });
         let (dir, mut record) = match target.record() {
             Some(path) => {
@@ -442,7 +444,7 @@ impl Findings {
             }
             None => match target {
                 Target::Process { id, markers, .. } => {
-                    (ledger::default_dir(), escapee_record(*id, markers, &self.host))
+                    (self.ledger_dir.clone(), escapee_record(*id, markers, leak, &self.host))
                 }
                 _ => return Ok(()),
             },
@@ -552,12 +554,14 @@ fn remove_record(path: &std::path::Path, unchecked: &mut Vec<String>) {
     }
 }
 
-/// The record a watchdog writes for an escapee it found by marker only.
-fn escapee_record(id: ProcId, markers: &Markers, host: &str) -> Record {
-    let stat = Stat::read(id.pid).ok();
+/// The record a watchdog writes for a process it found by marker only (a guard's child or
+/// escapee): named after the guard *and* the pid, so it never replaces the guard's own record,
+/// and filled from the evidence taken before the kill (the process is gone now).
+fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Record {
+    let guard = markers.guard.as_deref().unwrap_or("escapee");
     Record {
         version: 1,
-        guard: markers.guard.clone().unwrap_or_else(|| format!("escapee-{}-{}", id.pid, id.start_time)),
+        guard: format!("{guard}-pid{}-{}", id.pid, id.start_time),
         run_id: markers.run_id.clone().unwrap_or_default(),
         owner: markers.owner.clone().unwrap_or_default(),
         owner_host: host.to_owned(),
@@ -565,9 +569,9 @@ fn escapee_record(id: ProcId, markers: &Markers, host: &str) -> Record {
         created: ledger::now_rfc3339(),
         resource: Resource::Process {
             process: id,
-            pgid: stat.map_or(id.pid, |s| s.pgrp),
-            command: procfs::cmdline(id.pid).split(' ').map(str::to_owned).collect(),
-            cwd: procfs::cwd(id.pid),
+            pgid: id.pid,
+            command: leak.command.iter().flat_map(|c| c.split(' ')).map(str::to_owned).collect(),
+            cwd: leak.cwd.as_ref().map(PathBuf::from),
         },
         reaped: None,
     }
