@@ -28,6 +28,7 @@ mod container;
 #[cfg(feature = "docker")]
 mod docker_engine;
 mod error;
+mod fd_snapshot;
 pub mod ledger;
 #[cfg(feature = "mcp")]
 mod mcp;
@@ -49,6 +50,7 @@ pub use container::{
 #[cfg(feature = "docker")]
 pub use docker_engine::DEFAULT_DOCKER_HOST;
 pub use error::{Error, Result};
+pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 pub use process::{
