@@ -297,5 +297,5 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// Panics unless this test runs as root (the suite does), which it needs to act as another user.
 pub fn assert_root() {
     // SAFETY: getuid has no preconditions and cannot fail.
-    assert_eq!(unsafe { libc::getuid() }, 0, "this test runs as root (the suite does), to act as another user");
+    assert_eq!(reapkit::procfs::my_uid(), 0, "this test runs as root (the suite does), to act as another user");
 }

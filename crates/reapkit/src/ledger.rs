@@ -131,8 +131,7 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
         other => other.map_err(ledger_err)?,
     };
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
+    let uid = crate::procfs::my_uid();
     if meta.uid() != uid {
         return Err(ledger_err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
@@ -203,12 +202,7 @@ pub fn default_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     target_dir().map_or_else(
-        || {
-            std::env::temp_dir().join(format!(
-                "reapkit-{}", // SAFETY: getuid cannot fail.
-                unsafe { libc::getuid() }
-            ))
-        },
+        || std::env::temp_dir().join(format!("reapkit-{}", crate::procfs::my_uid())),
         |t| t.join("reapkit"),
     )
 }

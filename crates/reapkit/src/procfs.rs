@@ -156,6 +156,25 @@ pub fn page_size() -> u64 {
     }
 }
 
+/// Our real uid: whose processes, records and directories reapkit may act on.
+pub fn my_uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// Every pid in `/proc` (processes, not threads), in directory order.
+pub fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+}
+
+/// Whether `pid` runs as our real uid (see [`owner_uid`]).
+pub fn is_ours(pid: i32) -> bool {
+    owner_uid(pid).is_ok_and(|u| u == my_uid())
+}
+
 /// The real uid of `pid`, from the `Uid:` line of its `status`.
 ///
 /// Not the owner of its `/proc` files: a process that switched user without exec afterwards
@@ -203,9 +222,7 @@ impl Default for MarkerScan {
 
 impl MarkerScan {
     pub fn new() -> MarkerScan {
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid, protected: None }
+        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid: my_uid(), protected: None }
     }
 
     /// All live processes carrying `entry` in their environment.
@@ -223,22 +240,15 @@ impl MarkerScan {
     /// `/proc`, one reused buffer.
     pub fn scan<T>(&mut self, mut inspect: impl FnMut(i32, &[u8]) -> Option<T>) -> Vec<(ProcId, T)> {
         let mut found = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return found };
         let protected = self.protected.get_or_insert_with(self_and_ancestors).clone();
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            if protected.contains(&pid) {
-                continue;
-            }
+        for pid in pids().filter(|pid| !protected.contains(pid)) {
             let mut seen = None;
             // fstat of environ rules out most other users cheaply; the real uid, read only for
             // the few that match, rules out the non-dumpable ones whose files root owns.
             let matched = self.environ_matches(pid, |environ| {
                 seen = inspect(pid, environ);
                 seen.is_some()
-            }) && owner_uid(pid).is_ok_and(|u| u == self.uid);
+            }) && is_ours(pid);
             if matched {
                 if let (Some(id), Some(value)) = (ProcId::of(pid), seen) {
                     found.push((id, value));
@@ -250,7 +260,7 @@ impl MarkerScan {
 
     /// Whether `pid` is ours (same real uid) and its environment carries `entry`.
     pub fn carries(&mut self, pid: i32, entry: &[u8]) -> bool {
-        self.environ_matches(pid, |environ| environ_has(environ, entry)) && owner_uid(pid).is_ok_and(|u| u == self.uid)
+        self.environ_matches(pid, |environ| environ_has(environ, entry)) && is_ours(pid)
     }
 
     fn environ_matches(&mut self, pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {

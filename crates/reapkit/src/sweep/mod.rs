@@ -463,10 +463,8 @@ impl Findings {
 
     /// Live descendants of `root`: ours by ancestry, even without markers of their own.
     fn push_descendants(&mut self, root: ProcId, inherited: &Markers) {
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
         for d in procfs::descendants(root.pid) {
-            if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || procfs::owner_uid(d.pid).is_ok_and(|u| u != uid) {
+            if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || !procfs::is_ours(d.pid) {
                 continue;
             }
             let own = processes::markers_of(d.pid);
@@ -497,9 +495,7 @@ impl Findings {
             *slot = Some(path);
             return;
         }
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let ours = procfs::owner_uid(process.pid).is_ok_and(|u| u == unsafe { libc::getuid() });
-        if process.is_alive() && ours && !procfs::self_and_ancestors().contains(&process.pid) {
+        if process.is_alive() && procfs::is_ours(process.pid) && !procfs::self_and_ancestors().contains(&process.pid) {
             let markers = Markers {
                 run_id: Some(record.run_id.clone()),
                 owner: Some(record.owner.clone()),

@@ -102,14 +102,10 @@ pub(crate) fn markers_of(pid: i32) -> Markers {
 /// Processes of our user whose command line satisfies `matches` (for `--match`), never this
 /// process or its ancestors.
 pub(crate) fn matching_processes(matches: &dyn Fn(&str) -> bool) -> Vec<ProcId> {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
     let protected = procfs::self_and_ancestors();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    procfs::pids()
         .filter(|pid| !protected.contains(pid))
-        .filter(|&pid| procfs::owner_uid(pid).is_ok_and(|u| u == uid))
+        .filter(|&pid| procfs::is_ours(pid))
         .filter(|&pid| {
             let cmd = procfs::cmdline(pid);
             !cmd.is_empty() && matches(&cmd)
