@@ -42,6 +42,22 @@ fn a_leftover_is_reaped_and_the_same_command_without_a_marker_survives() {
 }
 
 #[test]
+fn older_than_spares_younger_leftovers_and_takes_the_rest() {
+    let sb = Sandbox::new("cli_safety", "older_than");
+    let mut leftover = Spawned::start(sb.marked_sleep(&dead_owner()));
+
+    let young = sb.reap(&["--older-than", "1h"]);
+    young.assert_code(0);
+    assert!(young.leak_pids().is_empty(), "a leftover seconds old is not older than 1h:\n{young}");
+    leftover.assert_survived("the leftover younger than --older-than");
+
+    let any_age = sb.reap(&["--older-than", "0s"]);
+    any_age.assert_code(1);
+    assert_eq!(any_age.leak_pids(), vec![i64::from(leftover.id.pid)], "{any_age}");
+    leftover.assert_reaped("the leftover at least 0 s old");
+}
+
+#[test]
 fn a_leftover_whose_owner_is_alive_belongs_to_a_concurrent_run_and_survives() {
     let sb = Sandbox::new("cli_safety", "owner_alive");
     let mut concurrent = Spawned::start(sb.marked_sleep(&me().to_string()));

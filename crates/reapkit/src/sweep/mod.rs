@@ -453,8 +453,13 @@ impl Findings {
         ledger::Entry::write(&dir, &record).map(drop).map_err(|e| e.to_string())
     }
 
+    /// Whether `pid` is already among the leaks.
+    fn has_process(&self, pid: i32) -> bool {
+        self.targets.iter().any(|t| t.process().is_some_and(|(p, _)| p.pid == pid))
+    }
+
     fn push_process(&mut self, id: ProcId, markers: Markers, found_by: FoundBy, record: Option<PathBuf>) {
-        if self.targets.iter().any(|t| t.process().is_some_and(|(p, _)| p.pid == id.pid)) {
+        if self.has_process(id.pid) {
             return;
         }
         self.leaks.push(processes::process_leak(id, &markers, found_by, &self.clock));
@@ -513,7 +518,7 @@ impl Findings {
 
     fn push_matches(&mut self, matcher: &Matcher) {
         let mut found = processes::matching_processes(&*matcher.matches);
-        found.retain(|id| !self.targets.iter().any(|t| t.process().is_some_and(|(p, _)| p.pid == id.pid)));
+        found.retain(|id| !self.has_process(id.pid));
         found.sort_by_key(|id| std::cmp::Reverse(id.start_time));
         for id in found.into_iter().skip(matcher.keep_newest) {
             self.push_process(id, processes::markers_of(id.pid), FoundBy::Match, None);
@@ -521,11 +526,8 @@ impl Findings {
     }
 
     fn keep_older_than(&mut self, min: Duration) {
-        let keep: Vec<bool> = self.leaks.iter().map(|l| l.age_s.is_none_or(|a| a >= min.as_secs())).collect();
-        let mut it = keep.iter();
-        self.leaks.retain(|_| *it.next().unwrap_or(&true));
-        let mut it = keep.iter();
-        self.targets.retain(|_| *it.next().unwrap_or(&true));
+        let pairs = std::mem::take(&mut self.leaks).into_iter().zip(std::mem::take(&mut self.targets));
+        (self.leaks, self.targets) = pairs.filter(|(l, _)| l.age_s.is_none_or(|a| a >= min.as_secs())).unzip();
     }
 }
 
