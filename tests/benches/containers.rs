@@ -9,10 +9,10 @@
 //! Run: `cargo xtask bench` (or `cargo bench -p reapkit-tests --bench containers`).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reapkit::Container;
-use reapkit_tests::{ms, Samples};
+use reapkit_tests::{bench_rounds, print_table, timed, Samples};
 use testcontainers::core::WaitFor;
 use testcontainers::runners::SyncRunner;
 use testcontainers::{GenericImage, ImageExt};
@@ -22,7 +22,7 @@ const TAG: &str = "latest";
 const ROUNDS: usize = 15;
 
 fn main() {
-    let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let rounds = bench_rounds(ROUNDS);
     let image = format!("{IMAGE}:{TAG}");
     let mut cli = Samples::default();
     let mut guard = Samples::default();
@@ -33,20 +33,12 @@ fn main() {
         guard.push(timed(|| guard_cycle(&image)));
         testcontainers.push(timed(testcontainers_cycle));
     }
-    let cli_median = cli.median();
     println!("container create+start+stop+remove, {rounds} rounds, median (p90)");
-    println!("{:<16} {:>10} {:>10} {:>10}", "variant", "median", "p90", "vs CLI");
-    for (name, samples) in
-        [("docker CLI", &mut cli), ("reapkit guard", &mut guard), ("testcontainers", &mut testcontainers)]
-    {
-        let m = samples.median();
-        println!(
-            "{name:<16} {:>10} {:>10} {:>9.2}x",
-            ms(m, 1),
-            ms(samples.p90(), 1),
-            m.as_secs_f64() / cli_median.as_secs_f64()
-        );
-    }
+    print_table(
+        &mut [("docker CLI", &mut cli), ("reapkit guard", &mut guard), ("testcontainers", &mut testcontainers)],
+        &[("vs CLI", "docker CLI")],
+        1,
+    );
 }
 
 fn cli_cycle(image: &str) {
@@ -78,10 +70,4 @@ fn testcontainers_cycle() {
         .start()
         .expect("testcontainers start");
     drop(c);
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let start = Instant::now();
-    f();
-    start.elapsed()
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use reapkit::ownership::{ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use reapkit::sweep::{Action, DockerCheck, Findings, Scope, Sweep};
 use reapkit::ProcId;
-use reapkit_tests::{assert_all_gone, dead_owner, ms, Samples};
+use reapkit_tests::{assert_all_gone, bench_rounds, dead_owner, ms, print_table, timed, Samples};
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 const ROUNDS: usize = 15;
@@ -36,7 +36,7 @@ const LEAKED: usize = 100;
 const GRACE: Duration = Duration::from_millis(200);
 
 fn main() {
-    let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let rounds = bench_rounds(ROUNDS);
     let ledger = tempfile::tempdir().expect("a temporary ledger directory");
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let tag = format!("{}-{nonce}", std::process::id());
@@ -137,32 +137,19 @@ fn measure(title: &str, rounds: usize, ledger: &Path, pattern: &str, check: impl
         check(&findings, listed);
         sysinfo.push(timed(sysinfo_refresh));
     }
-    let (floor_median, pgrep_median) = (floor.median(), pgrep.median());
-    let sweep_median = sweep.median();
+    let (floor_median, sweep_median) = (floor.median(), sweep.median());
     println!("\n{title}");
-    println!("{:<28} {:>10} {:>10} {:>10} {:>10}", "variant", "median", "p90", "vs floor", "vs pgrep");
-    for (name, samples) in [
-        ("floor: cmdline+environ", &mut floor),
-        ("reapkit sweep (find)", &mut sweep),
-        ("pgrep -f", &mut pgrep),
-        ("sysinfo full refresh", &mut sysinfo),
-    ] {
-        let m = samples.median();
-        println!(
-            "{name:<28} {:>10} {:>10} {:>9.2}x {:>9.2}x",
-            ms(m, 2),
-            ms(samples.p90(), 2),
-            m.as_secs_f64() / floor_median.as_secs_f64(),
-            m.as_secs_f64() / pgrep_median.as_secs_f64()
-        );
-    }
+    print_table(
+        &mut [
+            ("floor: cmdline+environ", &mut floor),
+            ("reapkit sweep (find)", &mut sweep),
+            ("pgrep -f", &mut pgrep),
+            ("sysinfo full refresh", &mut sysinfo),
+        ],
+        &[("vs floor", "floor: cmdline+environ"), ("vs pgrep", "pgrep -f")],
+        2,
+    );
     (floor_median, sweep_median)
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> Duration {
-    let start = Instant::now();
-    std::hint::black_box(f());
-    start.elapsed()
 }
 
 /// The floor: `cmdline` and `environ` of every pid in `/proc`, one reused buffer.

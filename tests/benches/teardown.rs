@@ -15,12 +15,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use reapkit::ProcessGuard;
-use reapkit_tests::{fixture, ms, Samples};
+use reapkit_tests::{bench_rounds, fixture, ms, print_table, Samples};
 
 const ROUNDS: usize = 60;
 
 fn main() {
-    let rounds = std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let rounds = bench_rounds(ROUNDS);
     let mut own_exit = Samples::default();
     let mut kill_wait = Samples::default();
     let mut guard = Samples::default();
@@ -39,24 +39,17 @@ fn main() {
         guard_no_scan.push(time_guard(false));
     }
     let floor = own_exit.median();
-    let kill = kill_wait.median();
     println!("teardown of a cooperative MCP server, {rounds} rounds, median (p90)");
-    println!("{:<16} {:>10} {:>10} {:>12} {:>12}", "variant", "median", "p90", "vs own exit", "vs kill+wait");
-    for (name, samples) in [
-        ("own exit", &mut own_exit),
-        ("kill+wait", &mut kill_wait),
-        ("guard", &mut guard),
-        ("guard, no scan", &mut guard_no_scan),
-    ] {
-        let m = samples.median();
-        println!(
-            "{name:<16} {:>10} {:>10} {:>11.2}x {:>11.2}x",
-            ms(m, 3),
-            ms(samples.p90(), 3),
-            m.as_secs_f64() / floor.as_secs_f64(),
-            m.as_secs_f64() / kill.as_secs_f64()
-        );
-    }
+    print_table(
+        &mut [
+            ("own exit", &mut own_exit),
+            ("kill+wait", &mut kill_wait),
+            ("guard", &mut guard),
+            ("guard, no scan", &mut guard_no_scan),
+        ],
+        &[("vs own exit", "own exit"), ("vs kill+wait", "kill+wait")],
+        3,
+    );
     let overhead = guard.median().saturating_sub(floor);
     let verdict = if overhead <= Duration::from_millis(1) { "within" } else { "OVER" };
     println!("guard overhead over the server's own exit: {} ({verdict} the 1 ms target)", ms(overhead, 3));

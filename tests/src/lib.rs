@@ -206,6 +206,42 @@ impl Samples {
     }
 }
 
+/// How many rounds a benchmark runs: `REAPKIT_BENCH_ROUNDS`, else `default`.
+pub fn bench_rounds(default: usize) -> usize {
+    std::env::var("REAPKIT_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default)
+}
+
+/// How long `f` takes (its result kept from the optimizer).
+pub fn timed<T>(f: impl FnOnce() -> T) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    std::hint::black_box(f());
+    start.elapsed()
+}
+
+/// Prints the side-by-side table of a benchmark: each variant's median and p90 in ms (with
+/// `decimals` places) and its ratio to each baseline, a `(column label, variant name)` pair.
+pub fn print_table(rows: &mut [(&str, &mut Samples)], baselines: &[(&str, &str)], decimals: usize) {
+    let medians: Vec<(String, std::time::Duration)> =
+        rows.iter_mut().map(|(name, samples)| ((*name).to_owned(), samples.median())).collect();
+    let median_of = |name: &str| {
+        medians.iter().find(|(n, _)| n == name).map(|(_, m)| *m).expect("a baseline names a variant of the table")
+    };
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    let mut header = format!("{:<width$} {:>10} {:>10}", "variant", "median", "p90");
+    for (label, _) in baselines {
+        header.push_str(&format!(" {label:>12}"));
+    }
+    println!("{header}");
+    for (name, samples) in rows.iter_mut() {
+        let m = samples.median();
+        let mut line = format!("{name:<width$} {:>10} {:>10}", ms(m, decimals), ms(samples.p90(), decimals));
+        for (_, base) in baselines {
+            line.push_str(&format!(" {:>11.2}x", m.as_secs_f64() / median_of(base).as_secs_f64()));
+        }
+        println!("{line}");
+    }
+}
+
 /// Milliseconds with `decimals` places, for tables.
 pub fn ms(d: std::time::Duration, decimals: usize) -> String {
     format!("{:.*} ms", decimals, d.as_secs_f64() * 1e3)
