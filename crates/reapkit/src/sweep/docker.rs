@@ -30,7 +30,7 @@ pub(super) struct Object {
     host: String,
     kind: LeakKind,
     id: String,
-    pub(super) record: Option<PathBuf>,
+    pub(super) record: Option<super::Recorded>,
 }
 
 /// What a label listing returns: kind, id, description, labels.
@@ -151,10 +151,10 @@ fn configured_host() -> Option<String> {
     std::path::Path::new(socket).exists().then(|| DEFAULT_DOCKER_HOST.to_owned())
 }
 
-fn take_record(records: &mut Vec<(PathBuf, Record)>, id: &str) -> Option<PathBuf> {
+fn take_record(records: &mut Vec<(PathBuf, Record)>, id: &str) -> Option<super::Recorded> {
     let at =
         records.iter().position(|(_, r)| matches!(&r.resource, Resource::Container { id: rid, .. } if rid == id))?;
-    Some(records.remove(at).0)
+    Some(records.remove(at))
 }
 
 async fn list(docker: Docker) -> Result<Vec<Listed>> {

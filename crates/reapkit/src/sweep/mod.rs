@@ -308,13 +308,17 @@ pub struct Findings {
     supervising: bool,
 }
 
+/// A ledger record as read by `find`, with where it lives: kept so that acting on it needs no
+/// second read.
+type Recorded = (PathBuf, Record);
+
 /// What a leak is, for acting on it.
 #[derive(Debug)]
 enum Target {
     Process {
         id: ProcId,
         markers: Markers,
-        record: Option<PathBuf>,
+        record: Option<Recorded>,
     },
     #[cfg(feature = "docker")]
     Docker(docker::Object),
@@ -330,12 +334,19 @@ impl Target {
         }
     }
 
-    fn record(&self) -> Option<&PathBuf> {
+    fn recorded(&self) -> Option<&Recorded> {
         match self {
             Target::Process { record, .. } => record.as_ref(),
             #[cfg(feature = "docker")]
             Target::Docker(object) => object.record.as_ref(),
+            Target::Evidence(_) => None,
+        }
+    }
+
+    fn record_path(&self) -> Option<&PathBuf> {
+        match self {
             Target::Evidence(path) => Some(path),
+            _ => self.recorded().map(|(path, _)| path),
         }
     }
 }
@@ -421,7 +432,7 @@ impl Findings {
                         self.unchecked.push(e);
                     }
                 }
-            } else if let Some(path) = target.record() {
+            } else if let Some(path) = target.record_path() {
                 remove_record(path, &mut self.unchecked);
             }
         }
@@ -436,12 +447,8 @@ impl Findings {
     /// Keeps (or creates) the record of something the watchdog reaped, marked as such.
     fn mark_reaped(&self, target: &Target, leak: &Leak) -> Result<(), String> {
         let reaped = Some(ledger::Reaped { by: "watchdog".into(), at: ledger::now_rfc3339() });
-        let (dir, mut record) = match target.record() {
-            Some(path) => {
-                let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let record: Record = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                (path.parent().map(PathBuf::from).unwrap_or_default(), record)
-            }
+        let (dir, mut record) = match target.recorded() {
+            Some((path, record)) => (path.parent().map(PathBuf::from).unwrap_or_default(), record.clone()),
             None => match target {
                 Target::Process { id, markers, .. } => {
                     (self.ledger_dir.clone(), escapee_record(*id, markers, leak, &self.host))
@@ -458,7 +465,7 @@ impl Findings {
         self.targets.iter().any(|t| t.process().is_some_and(|(p, _)| p.pid == pid))
     }
 
-    fn push_process(&mut self, id: ProcId, markers: Markers, found_by: FoundBy, record: Option<PathBuf>) {
+    fn push_process(&mut self, id: ProcId, markers: Markers, found_by: FoundBy, record: Option<Recorded>) {
         if self.has_process(id.pid) {
             return;
         }
@@ -490,14 +497,14 @@ impl Findings {
             }
             return;
         }
-        let Resource::Process { process, .. } = &record.resource else {
+        let Resource::Process { process, .. } = record.resource else {
             containers.push((path, record));
             return;
         };
         if let Some(Target::Process { record: slot, .. }) =
-            self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == *process))
+            self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == process))
         {
-            *slot = Some(path);
+            *slot = Some((path, record));
             return;
         }
         if process.is_alive() && procfs::is_ours(process.pid) && !procfs::self_and_ancestors().contains(&process.pid) {
@@ -508,9 +515,8 @@ impl Findings {
                 test: Some(record.test.clone()),
                 ..Markers::default()
             };
-            let root = *process;
-            self.push_process(root, markers.clone(), FoundBy::Ledger, Some(path));
-            self.push_descendants(root, &markers);
+            self.push_process(process, markers.clone(), FoundBy::Ledger, Some((path, record)));
+            self.push_descendants(process, &markers);
         } else {
             self.stale.push(path);
         }
