@@ -23,6 +23,7 @@ use crate::docker_engine::Engine;
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::ownership::{self, Owner};
+use crate::scope::Attachment;
 
 /// Labels put on every container and network at create; the sweep finds leftovers by them.
 pub const LABEL_RUN_ID: &str = "reapkit.run-id";
@@ -184,9 +185,13 @@ impl ContainerBuilder {
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         let engine = Engine::get(self.docker_host.as_deref())?;
         crate::watchdog::ensure(&ledger_dir);
+        let scope = Attachment::current();
+        if let Some(scope) = &scope {
+            scope.register(&ledger_dir, Some(engine.host()));
+        }
         let owner = Owner::current();
         let guard = ownership::next_guard_id();
-        let test = ownership::current_test_name();
+        let test = Attachment::test_name(scope.as_ref());
         for (key, value) in [
             (LABEL_RUN_ID, owner.run_id.clone()),
             (LABEL_OWNER, owner.marker()),

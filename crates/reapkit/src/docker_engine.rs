@@ -8,15 +8,16 @@
 //! with a time limit, works in all three. The async API uses the same thread and awaits a
 //! runtime-agnostic oneshot, so sync and async share every operation.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bollard::Docker;
 
 use crate::error::{Error, Result};
+use crate::fd_snapshot::{self, Fd, FdSnapshot};
 
 /// The engine address used when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -27,24 +28,56 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 type Job = Box<dyn FnOnce(Docker) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// A connected engine: send it work, get results back.
+///
+/// It lives as long as something uses it (the guards of its containers, a sweep), not as long
+/// as the process: its thread, runtime and sockets end with the last user, so a test's FD
+/// table is back to its baseline once its containers are gone, and a connection pool that
+/// grows with concurrent requests never outlives them.
 #[derive(Debug)]
 pub(crate) struct Engine {
     host: String,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    thread: Option<JoinHandle<()>>,
+    /// The descriptors that building its runtime opened.
+    runtime_fds: Vec<Fd>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop; its runtime and sockets drop with it.
+        let (closed, _) = tokio::sync::mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(thread) = self.thread.take().filter(|t| t.thread().id() != std::thread::current().id()) {
+            retire(thread, &self.runtime_fds);
+        }
+    }
+}
+
+/// Waits for an engine thread to end, then notes which descriptors its runtime opened that
+/// outlive it: where tokio's `signal` feature is on (tokio "full", or another crate's choice),
+/// the first runtime with I/O opens a process-wide socket pair that stays open until the
+/// process exits. It is tokio's, not a test's, and a test scope must not count it as a leak.
+fn retire(thread: JoinHandle<()>, runtime_fds: &[Fd]) {
+    let _ = thread.join();
+    if let Ok(now) = FdSnapshot::capture() {
+        fd_snapshot::note_process_lifetime(runtime_fds.iter().filter(|fd| now.fds().contains(fd)));
+    }
 }
 
 impl Engine {
-    /// The engine at `host` (default: `DOCKER_HOST`, else the local socket), connected once
-    /// per process. A failure is not cached: an engine started later is found by later guards.
+    /// The engine at `host` (default: `DOCKER_HOST`, else the local socket): the one already
+    /// in use in this process, else a new connection. A failure is not cached: an engine
+    /// started later is found by later guards.
     pub(crate) fn get(host: Option<&str>) -> Result<Arc<Engine>> {
-        static ENGINES: OnceLock<Mutex<HashMap<String, Arc<Engine>>>> = OnceLock::new();
+        static ENGINES: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
         let host = resolve_host(host);
-        let mut engines = ENGINES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(engine) = engines.get(&host) {
-            return Ok(Arc::clone(engine));
+        let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
+        engines.retain(|e| e.strong_count() > 0);
+        if let Some(engine) = engines.iter().filter_map(Weak::upgrade).find(|e| e.host == host) {
+            return Ok(engine);
         }
         let engine = Arc::new(Engine::connect(&host)?);
-        engines.insert(host, Arc::clone(&engine));
+        engines.push(Arc::downgrade(&engine));
         Ok(engine)
     }
 
@@ -57,13 +90,18 @@ impl Engine {
         let docker = Docker::connect_with_host(host).map_err(|e| unreachable(e.to_string()))?;
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::result::Result<(), String>>(1);
-        std::thread::Builder::new()
+        // Built here, not on the engine thread, so that the descriptors building it opens are
+        // known: see `retire`.
+        let before = FdSnapshot::capture().ok();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| unreachable(format!("could not start a tokio runtime: {e}")))?;
+        let runtime_fds = before.and_then(|b| b.diff_now().ok()).map_or_else(Vec::new, |d| d.opened);
+        let thread = std::thread::Builder::new()
             .name("reapkit-docker".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => return drop(ready_tx.send(Err(format!("could not start a tokio runtime: {e}")))),
-                };
                 runtime.block_on(async move {
                     let docker = match tokio::time::timeout(CONNECT_TIMEOUT, negotiate(docker)).await {
                         Ok(Ok(docker)) => docker,
@@ -78,11 +116,14 @@ impl Engine {
                 });
             })
             .map_err(|e| unreachable(format!("could not start the engine thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Engine { host: host.to_owned(), jobs }),
-            Ok(Err(reason)) => Err(unreachable(reason)),
-            Err(_) => Err(unreachable("the engine thread died while connecting".into())),
-        }
+        let failed = match ready_rx.recv() {
+            Ok(Ok(())) => return Ok(Engine { host: host.to_owned(), jobs, thread: Some(thread), runtime_fds }),
+            Ok(Err(reason)) => reason,
+            Err(_) => "the engine thread died while connecting".into(),
+        };
+        // Its runtime and socket are closed when it ends: a failed connect leaves no descriptor.
+        retire(thread, &runtime_fds);
+        Err(unreachable(failed))
     }
 
     /// Runs `op` on the engine thread and waits for it, at most `limit`: for sync callers and

@@ -79,6 +79,12 @@ pub enum Error {
     #[error("Docker engine error while {context}: {reason}")]
     Docker { context: String, reason: String },
 
+    /// A watched process crossed a limit of its [`Budget`](crate::Budget) (or the watch ended
+    /// before its warm-up did); the report names the metric, limit, baseline, value and
+    /// sample, the descriptors or processes behind it, and where to look next.
+    #[error("`{program}` (pid {pid}) did not keep its resource budget:\n{report}")]
+    BudgetExceeded { program: String, pid: i32, report: String },
+
     /// An I/O error talking to a guarded process.
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },

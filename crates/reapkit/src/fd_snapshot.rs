@@ -7,6 +7,7 @@
 //! check that finds the same count is done; only a differing count pays for the targets.
 
 use std::io;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -93,6 +94,30 @@ impl FdSnapshot {
             closed: self.fds.iter().filter(|fd| !later.fds.contains(fd)).cloned().collect(),
         }
     }
+}
+
+/// Descriptors of this process that library code opened once and keeps until the process
+/// exits (see `docker_engine::retire`): never a test's leak.
+static PROCESS_LIFETIME: Mutex<Vec<Fd>> = Mutex::new(Vec::new());
+
+fn process_lifetime() -> std::sync::MutexGuard<'static, Vec<Fd>> {
+    PROCESS_LIFETIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records `fds` as open for the rest of the process's life.
+#[cfg(feature = "docker")]
+pub(crate) fn note_process_lifetime<'a>(fds: impl Iterator<Item = &'a Fd>) {
+    let mut known = process_lifetime();
+    for fd in fds {
+        if !known.contains(fd) {
+            known.push(fd.clone());
+        }
+    }
+}
+
+/// Whether `fd` is one of those.
+pub(crate) fn is_process_lifetime(fd: &Fd) -> bool {
+    process_lifetime().contains(fd)
 }
 
 fn list(pid: i32) -> io::Result<Vec<Fd>> {

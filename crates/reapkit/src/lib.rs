@@ -23,6 +23,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
 
+mod budget;
 #[cfg(feature = "docker")]
 mod container;
 #[cfg(feature = "docker")]
@@ -35,6 +36,7 @@ mod mcp;
 pub mod ownership;
 mod process;
 pub mod procfs;
+pub mod scope;
 mod stderr_ring;
 pub mod supervise;
 pub mod sweep;
@@ -42,6 +44,7 @@ mod sys;
 mod teardown;
 mod watchdog;
 
+pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
 #[cfg(feature = "docker")]
 pub use container::{
     Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
@@ -58,5 +61,13 @@ pub use process::{
     ENV_TERM_GRACE,
 };
 pub use procfs::ProcId;
+pub use reapkit_macros::test;
+pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
 pub use teardown::{EndedBy, Step, Teardown};
 pub use watchdog::DEFAULT_WATCHDOG_GRACE;
+
+/// What `#[reapkit::test]` expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::scope::{conclude, test_name, CatchUnwind};
+}

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::budget::{Budget, BudgetWatch};
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{self, ProcId};
+use crate::scope::Attachment;
 use crate::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
 use crate::sys;
 use crate::teardown::{self, Teardown};
@@ -73,6 +75,12 @@ impl Member {
     pub(crate) fn open(id: ProcId) -> Option<Member> {
         let pidfd = sys::pidfd_open(id.pid).ok()?;
         ProcId::of(id.pid).filter(|now| *now == id).map(|id| Member { id, pidfd })
+    }
+
+    /// Whether it has exited (a zombie counts as exited).
+    pub(crate) fn has_exited(&self) -> bool {
+        use std::os::fd::AsFd;
+        sys::wait_readable(self.pidfd.as_fd(), Instant::now())
     }
 }
 
@@ -133,16 +141,26 @@ impl ProcessBuilder {
 
     /// Starts the child. Nothing is left behind on error: a child that started is torn down.
     pub fn spawn(mut self) -> Result<ProcessGuard> {
+        let scope = Attachment::current();
         let env_graces = Graces::from_env()?;
-        let graces =
-            Graces { eof: self.eof_grace.unwrap_or(env_graces.eof), term: self.term_grace.unwrap_or(env_graces.term) };
+        // The builder's word first, then the test scope's, then the environment's.
+        let pick = |own: Option<Duration>, of_scope: fn(&Attachment) -> Option<Duration>, env: Duration| {
+            own.or_else(|| scope.as_ref().and_then(of_scope)).unwrap_or(env)
+        };
+        let graces = Graces {
+            eof: pick(self.eof_grace, Attachment::eof_grace, env_graces.eof),
+            term: pick(self.term_grace, Attachment::term_grace, env_graces.term),
+        };
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         ownership::become_subreaper();
         watchdog::ensure(&ledger_dir);
+        if let Some(scope) = &scope {
+            scope.register(&ledger_dir, None);
+        }
 
         let owner = Owner::current();
         let guard_id = ownership::next_guard_id();
-        let test = ownership::current_test_name();
+        let test = Attachment::test_name(scope.as_ref());
         let program = self.command.get_program().to_string_lossy().into_owned();
         self.command
             .env(ENV_RUN_ID, &owner.run_id)
@@ -324,8 +342,7 @@ impl ProcessGuard {
 
     /// Whether the child itself has exited (its descendants may live on).
     pub fn has_exited(&self) -> bool {
-        use std::os::fd::AsFd;
-        sys::wait_readable(self.leader.pidfd.as_fd(), Instant::now())
+        self.leader.has_exited()
     }
 
     /// Pid, group, uptime, RSS, FD count, threads and live descendants of the child.
@@ -345,6 +362,13 @@ impl ProcessGuard {
             threads: stat.num_threads,
             descendants: procfs::descendants(pid),
         })
+    }
+
+    /// Starts checking the child against `budget` (reading 0, the baseline unless it has a
+    /// warm-up). The watch copies the child's identity instead of borrowing the guard, so the
+    /// workload between samples may use the guard, or the `McpServer` around it, mutably.
+    pub fn watch(&self, budget: Budget) -> Result<BudgetWatch> {
+        BudgetWatch::start(self.leader.id, self.program.clone(), budget)
     }
 
     /// Tears the whole tree down now and reports how it went.

@@ -130,13 +130,13 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
 
     // 2–3. The tree: the leader's descendants and our adopted children that carry the marker.
     let tree = discover_tree(guard.leader.id.pid, &marker, &mut scan);
-    let live: Vec<&Member> = tree.iter().filter(|m| !is_dead(m)).collect();
+    let live: Vec<&Member> = tree.iter().filter(|m| !m.has_exited()).collect();
     if !exited_on_eof || !live.is_empty() {
         let group = (!exited_on_eof || live.iter().any(|m| in_group(m, guard.leader.id.pid)))
             .then_some(Group { leader, pgid: guard.leader.id.pid });
         let outcome = terminate(group.as_ref(), &live, guard.graces.term, &mut clock, &mut problems);
         if !exited_on_eof {
-            ended_by = if is_dead(&guard.leader) { outcome } else { EndedBy::Unkillable };
+            ended_by = if guard.leader.has_exited() { outcome } else { EndedBy::Unkillable };
         }
     }
     let killed: Vec<ProcId> = live.iter().map(|m| m.id).collect();
@@ -150,7 +150,7 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
                 .into_iter()
                 .filter(|id| id.pid != guard.leader.id.pid && !tree.iter().chain(&escapees).any(|m| m.id == *id))
                 .filter_map(Member::open)
-                .filter(|m| !is_dead(m))
+                .filter(|m| !m.has_exited())
                 .collect();
             if found.is_empty() {
                 break;
@@ -162,10 +162,10 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
     }
 
     // 5. Zombies: the child through std (it owns the child's wait), the rest by pidfd.
-    let status = if is_dead(&guard.leader) { guard.child.try_wait().ok().flatten() } else { None };
+    let status = if guard.leader.has_exited() { guard.child.try_wait().ok().flatten() } else { None };
     let reaped: Vec<ProcId> =
         tree.iter().chain(&escapees).filter(|m| sys::reap_pidfd(m.pidfd.as_fd())).map(|m| m.id).collect();
-    for m in tree.iter().chain(&escapees).filter(|m| !is_dead(m)) {
+    for m in tree.iter().chain(&escapees).filter(|m| !m.has_exited()) {
         problems.push(format!("pid {} ({}) survived SIGKILL", m.id.pid, procfs::cmdline(m.id.pid)));
     }
     clock.mark(Step::Reap);
@@ -202,7 +202,7 @@ pub(crate) fn end_leftovers(members: &[Member], grace: Duration) -> Vec<ProcId> 
     for m in members {
         sys::reap_pidfd(m.pidfd.as_fd());
     }
-    members.iter().filter(|m| !is_dead(m)).map(|m| m.id).collect()
+    members.iter().filter(|m| !m.has_exited()).map(|m| m.id).collect()
 }
 
 /// Passes `sig` on to a supervised command (a supervisor's SIGTERM or SIGHUP).
@@ -263,12 +263,18 @@ fn terminate(
     EndedBy::Unkillable
 }
 
-/// The live tree below the leader plus adopted children of ours that carry `marker` (and
-/// their trees), each held by a verified pidfd. The leader itself is not included.
+/// The live tree below the leader plus adopted children of ours that are in the leader's
+/// process group or carry `marker` (and their trees), each held by a verified pidfd. The
+/// leader itself is not included.
+///
+/// The group is proof on its own: the leader is not reaped yet, so its pid (the group's id)
+/// cannot name another group. It also finds an orphan still in `exec`, whose environment
+/// reads empty for that moment.
 fn discover_tree(leader: i32, marker: &str, scan: &mut MarkerScan) -> Vec<Member> {
+    let in_group = |pid: i32| procfs::Stat::read(pid).is_ok_and(|s| s.pgrp == leader);
     let adopted = procfs::children(std::process::id() as i32)
         .into_iter()
-        .filter(|&pid| pid != leader && scan.carries(pid, marker.as_bytes()))
+        .filter(|&pid| pid != leader && (in_group(pid) || scan.carries(pid, marker.as_bytes())))
         .filter_map(ProcId::of);
     let mut ids = procfs::descendants(leader);
     for root in adopted {
@@ -280,11 +286,6 @@ fn discover_tree(leader: i32, marker: &str, scan: &mut MarkerScan) -> Vec<Member
 
 fn in_group(member: &Member, pgid: i32) -> bool {
     procfs::Stat::read(member.id.pid).is_ok_and(|s| s.pgrp == pgid)
-}
-
-/// Whether the process behind the pidfd has exited (a zombie counts as exited).
-fn is_dead(member: &Member) -> bool {
-    sys::wait_readable(member.pidfd.as_fd(), Instant::now())
 }
 
 /// Times the steps as they complete.

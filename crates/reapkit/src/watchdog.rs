@@ -38,21 +38,27 @@ pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
 /// exits at once instead of running its `main` (a test binary would run every test).
 const WATCHDOG_ARG: &str = "--reapkit-watchdog";
 
+/// The watchdogs this process started: ledger directory and pid.
+static STARTED: Mutex<Vec<(PathBuf, i32)>> = Mutex::new(Vec::new());
+
+fn started() -> std::sync::MutexGuard<'static, Vec<(PathBuf, i32)>> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts this process's watchdog for `ledger_dir`, once per directory. Best effort: without
 /// one, guards still tear down on `Drop`; only a killed test then leaks until the sweep.
 pub(crate) fn ensure(ledger_dir: &Path) {
-    static STARTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let disabled = std::env::var(ENV_WATCHDOG).is_ok_and(|v| v == "off" || v == "0");
     // A watchdog never starts another one, whatever code it runs.
     if disabled || std::env::var_os(ENV_WATCHDOG_OWNER).is_some() {
         return;
     }
-    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-    if started.iter().any(|d| d == ledger_dir) {
+    let mut started = started();
+    if started.iter().any(|(d, _)| d == ledger_dir) {
         return;
     }
     match spawn(ledger_dir) {
-        Ok(()) => started.push(ledger_dir.to_path_buf()),
+        Ok(pid) => started.push((ledger_dir.to_path_buf(), pid)),
         Err(e) => crate::teardown::warn(&format!(
             "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
              until `reapkit reap` runs"
@@ -60,7 +66,13 @@ pub(crate) fn ensure(ledger_dir: &Path) {
     }
 }
 
-fn spawn(ledger_dir: &Path) -> std::io::Result<()> {
+/// Whether `pid` is a watchdog this process started: a child of the test process that is
+/// not the test's. By pid, not by its environment, which reads empty while it is still in exec.
+pub(crate) fn is_ours(pid: i32) -> bool {
+    started().iter().any(|(_, p)| *p == pid)
+}
+
+fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     let owner = Owner::current();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0("reapkit-watchdog")
@@ -83,7 +95,7 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<()> {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
     }
     // Never waited for: it outlives this process by design, then exits on its own.
-    cmd.spawn().map(drop)
+    cmd.spawn().map(|child| child.id() as i32)
 }
 
 /// The supervisor (`reapkit wrap`/`run`) named in our environment, if it is our parent: only

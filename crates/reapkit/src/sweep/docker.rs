@@ -73,7 +73,11 @@ pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findi
             let label = |k: &str| labels.get(k).cloned();
             let same_host = label(LABEL_OWNER_HOST).as_deref() == Some(f.host.as_str());
             let in_scope = (same_host || !matches!(sweep.scope, Scope::DeadOwners { .. }))
-                && sweep.scope.includes(label(LABEL_RUN_ID).as_deref(), label(LABEL_OWNER).as_deref());
+                && sweep.scope.includes(
+                    label(LABEL_RUN_ID).as_deref(),
+                    label(LABEL_OWNER).as_deref(),
+                    label(LABEL_TEST).as_deref(),
+                );
             if !in_scope {
                 continue;
             }

@@ -35,6 +35,7 @@ use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
 use crate::{sys, teardown};
 
 pub(crate) use processes::Markers;
+pub(crate) use report::{action_words, words};
 pub use report::{
     write_table, Action, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS, EXIT_UNCHECKED,
 };
@@ -54,6 +55,8 @@ pub enum Scope {
     Run(String),
     /// Everything owned by one (ended) process: `reapkit wrap` after its test, the watchdog.
     Owner(ProcId),
+    /// Everything one test of a live process registered: a test scope after the test's body.
+    Test { owner: ProcId, test: String },
     /// Everything tracked, nothing reaped: `reapkit ps`.
     Everything,
 }
@@ -64,15 +67,17 @@ impl Scope {
         Scope::DeadOwners { run_id: None }
     }
 
-    /// Whether a resource of `run_id` owned by `owner` (`<pid>:<starttime>`) is in scope.
-    fn includes(&self, run_id: Option<&str>, owner: Option<&str>) -> bool {
+    /// Whether a resource of `run_id` owned by `owner` (`<pid>:<starttime>`) for `test` is in scope.
+    fn includes(&self, run_id: Option<&str>, owner: Option<&str>, test: Option<&str>) -> bool {
+        let owned_by = |o: &ProcId| owner.and_then(|s| s.parse::<ProcId>().ok()) == Some(*o);
         match self {
             Scope::DeadOwners { run_id: want } => {
                 want.as_deref().is_none_or(|w| run_id == Some(w))
                     && owner.and_then(processes::owner_is_dead) == Some(true)
             }
             Scope::Run(want) => run_id == Some(want.as_str()),
-            Scope::Owner(o) => owner.and_then(|s| s.parse::<ProcId>().ok()) == Some(*o),
+            Scope::Owner(o) => owned_by(o),
+            Scope::Test { owner: o, test: want } => owned_by(o) && test == Some(want.as_str()),
             Scope::Everything => true,
         }
     }
@@ -211,10 +216,11 @@ impl Sweep {
         }
         for (id, markers) in marked {
             if markers.is_watchdog() {
-                if self.scope.includes(markers.run_id.as_deref(), markers.watchdog_of.as_deref()) {
+                if self.scope.includes(markers.run_id.as_deref(), markers.watchdog_of.as_deref(), None) {
                     f.watchdogs.push(id);
                 }
-            } else if self.scope.includes(markers.run_id.as_deref(), markers.owner.as_deref()) {
+            } else if self.scope.includes(markers.run_id.as_deref(), markers.owner.as_deref(), markers.test.as_deref())
+            {
                 f.push_process(id, markers, FoundBy::Marker, None);
             }
         }
@@ -257,7 +263,7 @@ impl Sweep {
     fn record_in_scope(&self, record: &Record, host: &str) -> bool {
         // An owner on another machine cannot be proven dead from here (leases are not built).
         let same_host = record.owner_host == host || !matches!(self.scope, Scope::DeadOwners { .. });
-        same_host && self.scope.includes(Some(&record.run_id), Some(&record.owner))
+        same_host && self.scope.includes(Some(&record.run_id), Some(&record.owner), Some(&record.test))
     }
 
     /// The CI sweep and `reapkit run` let working watchdogs finish first; a watchdog itself,
@@ -274,7 +280,7 @@ impl Sweep {
             .filter(|(_, m)| m.is_watchdog())
             .filter(|(_, m)| m.watchdog_of.as_deref().and_then(processes::owner_is_dead) == Some(true))
             .filter(|(_, m)| m.supervisor.as_deref().and_then(processes::owner_is_dead) != Some(false))
-            .filter(|(_, m)| self.scope.includes(m.run_id.as_deref(), m.watchdog_of.as_deref()))
+            .filter(|(_, m)| self.scope.includes(m.run_id.as_deref(), m.watchdog_of.as_deref(), None))
             .filter_map(|(id, _)| Member::open(*id))
             .collect();
         if working.is_empty() {

@@ -220,11 +220,11 @@ pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
 }
 
 /// A serde enum's kebab-case name, as the JSON says it.
-fn words(value: &impl Serialize) -> String {
+pub(crate) fn words(value: &impl Serialize) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-fn action_words(action: &Action) -> String {
+pub(crate) fn action_words(action: &Action) -> String {
     words(action).replace('-', " ")
 }
 

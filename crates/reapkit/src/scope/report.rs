@@ -1,0 +1,197 @@
+//! What a test scope found: each leaked resource named, with what was done and what to do.
+
+use crate::fd_snapshot::Fd;
+use crate::sweep;
+
+use super::baseline::LeakPattern;
+use super::Isolation;
+
+/// What leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeakKind {
+    /// A descriptor of the test process.
+    Fd,
+    /// A process: a child of the test process, or one carrying the test's marker.
+    Process,
+    Container,
+    Network,
+    Volume,
+}
+
+impl LeakKind {
+    /// The word patterns use: `fd`, `process`, `container`, `network`, `volume`.
+    pub fn word(self) -> &'static str {
+        match self {
+            LeakKind::Fd => "fd",
+            LeakKind::Process => "process",
+            LeakKind::Container => "container",
+            LeakKind::Network => "network",
+            LeakKind::Volume => "volume",
+        }
+    }
+
+    pub(super) fn from_word(word: &str) -> Option<LeakKind> {
+        [LeakKind::Fd, LeakKind::Process, LeakKind::Container, LeakKind::Network, LeakKind::Volume]
+            .into_iter()
+            .find(|k| k.word() == word)
+    }
+
+    fn from_sweep(kind: sweep::LeakKind) -> LeakKind {
+        match kind {
+            sweep::LeakKind::Process => LeakKind::Process,
+            sweep::LeakKind::Container => LeakKind::Container,
+            sweep::LeakKind::Network => LeakKind::Network,
+            sweep::LeakKind::Volume => LeakKind::Volume,
+        }
+    }
+}
+
+/// One leaked resource.
+#[derive(Debug, Clone)]
+pub struct ScopeLeak {
+    pub kind: LeakKind,
+    /// The resource, named: `fd 7 -> pipe:[1234]`, `pid 42 `sleep 60``, `container 3f2a…`.
+    pub what: String,
+    /// What the scope did about it: `still open`, `killed`, `removed`, ...
+    pub action: String,
+    /// What the test should do instead.
+    pub fix: String,
+    /// The names patterns match against (kind word and target; program and command line; image and id).
+    names: Vec<String>,
+}
+
+impl ScopeLeak {
+    pub(super) fn fd(fd: &Fd) -> ScopeLeak {
+        let kind = sweep::words(&fd.kind);
+        ScopeLeak {
+            kind: LeakKind::Fd,
+            what: format!("{fd} ({kind})"),
+            action: "still open after the test".into(),
+            fix: format!(
+                "close it before the test ends: drop the File, socket, pipe end, ChildStdin/ChildStdout or OwnedFd \
+                 that holds it (a leaked guard holds its child's pipes). Accepted? #[reapkit::test(allow = \"fd:{kind}\")]"
+            ),
+            names: vec![kind, fd.target.clone()],
+        }
+    }
+
+    /// A live child of the test process that the test started and left running.
+    pub(super) fn child(pid: i32, command: String, action: &str) -> ScopeLeak {
+        ScopeLeak {
+            kind: LeakKind::Process,
+            what: format!("pid {pid} `{command}`, a child of the test process"),
+            action: action.to_owned(),
+            fix: "keep its std::process::Child and kill + wait it before the test ends, or spawn it through \
+                  reapkit::ProcessGuard, which tears the whole tree down on drop"
+                .into(),
+            names: process_names(&command),
+        }
+    }
+
+    /// A leak the sweep found by the test's marker, ledger record or labels.
+    pub(super) fn swept(leak: &sweep::Leak) -> ScopeLeak {
+        let kind = LeakKind::from_sweep(leak.kind);
+        let command = leak.command.clone().unwrap_or_default();
+        let (what, fix, names) = match kind {
+            LeakKind::Process => (
+                format!("pid {} `{command}`, carrying this test's reapkit marker", leak.pid.unwrap_or_default()),
+                match leak.found_by {
+                    sweep::FoundBy::Ledger => {
+                        "its guard was still alive when the test ended (mem::forget, a static, or a thread or task \
+                         that outlived the test): drop the guard before the test ends"
+                    }
+                    _ => {
+                        "it escaped its guard's teardown (a daemon that left the tree and the test process): end \
+                         it in the server, or give the guard a longer term_grace if it was still exiting"
+                    }
+                },
+                process_names(&command),
+            ),
+            _ => {
+                let id = leak.id.clone().unwrap_or_default();
+                let short: String = id.chars().take(12).collect();
+                let image = command.split_whitespace().next().unwrap_or_default().to_owned();
+                (
+                    format!("{} {short} ({command}), labelled with this test", kind.word()),
+                    "keep the reapkit::Container guard until the end of the test and let it drop (or call remove()); \
+                     a guard that outlives the test (mem::forget, a static) leaks its container",
+                    vec![image, id],
+                )
+            }
+        };
+        ScopeLeak {
+            kind,
+            what,
+            action: match &leak.detail {
+                Some(detail) if leak.action == sweep::Action::Failed => format!("could not end it: {detail}"),
+                _ => sweep::action_words(&leak.action),
+            },
+            fix: fix.to_owned(),
+            names,
+        }
+    }
+
+    /// Whether `pattern` names this leak.
+    pub fn is(&self, pattern: &LeakPattern) -> bool {
+        pattern.matches(self.kind, self.names.iter().map(String::as_str))
+    }
+}
+
+/// A process answers to its program's file name and to its whole command line.
+fn process_names(command: &str) -> Vec<String> {
+    let program = command.split_whitespace().next().unwrap_or_default();
+    let base = program.rsplit('/').next().unwrap_or(program);
+    vec![base.to_owned(), command.to_owned()]
+}
+
+/// What a scope found. Its `Display` is the message a failing test shows.
+#[derive(Debug, Clone)]
+pub struct LeakReport {
+    pub test: String,
+    pub isolation: Isolation,
+    /// Leaks that fail the test.
+    pub leaks: Vec<ScopeLeak>,
+    /// Leaks accepted by `allow` or the baseline, with the pattern that accepted them.
+    pub accepted: Vec<(ScopeLeak, String)>,
+    /// Other reasons the test fails: a stale baseline entry, a deferred teardown that
+    /// panicked, a check that could not run.
+    pub problems: Vec<String>,
+    /// What was and was not checked, for the reader.
+    pub notes: Vec<String>,
+}
+
+impl LeakReport {
+    pub(super) fn new(test: String, isolation: Isolation) -> LeakReport {
+        LeakReport { test, isolation, leaks: Vec::new(), accepted: Vec::new(), problems: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Whether the test fails.
+    pub fn fails(&self) -> bool {
+        !self.leaks.is_empty() || !self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.leaks.len();
+        if n > 0 {
+            let s = if n == 1 { "" } else { "s" };
+            writeln!(f, "reapkit: test `{}` leaked {n} resource{s}:", self.test)?;
+        } else {
+            writeln!(f, "reapkit: test `{}` did not clean up as expected:", self.test)?;
+        }
+        for leak in &self.leaks {
+            writeln!(f, "  - {}: {}.\n    Fix: {}", leak.what, leak.action, leak.fix)?;
+        }
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        for (leak, by) in &self.accepted {
+            writeln!(f, "  accepted ({by}): {}", leak.what)?;
+        }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        Ok(())
+    }
+}
