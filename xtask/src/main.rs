@@ -64,6 +64,12 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
+    // `#[reapkit::test]` must mean the same under plain `cargo test`, whose tests are threads
+    // of one process: its own suites once more, that way.
+    run(cargo()
+        .args(["test", "--package", "reapkit-tests"])
+        .args(["--test", "leak_detection", "--test", "fd_leak_suite", "--test", "budgets"])
+        .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
     // The CI step, as users run it: everything the suite leaked is reaped and fails the run.
     eprintln!("xtask: running `cargo xtask reap` after the suite");
     match Cli::parse_from(["xtask", "reap"]).task {

@@ -120,18 +120,45 @@ pub(crate) fn is_process_lifetime(fd: &Fd) -> bool {
     process_lifetime().contains(fd)
 }
 
-fn list(pid: i32) -> io::Result<Vec<Fd>> {
-    let dir = format!("/proc/{pid}/fd");
-    let mut fds = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
+/// The open descriptor numbers of `pid`, without their targets: one `getdents` pass, about
+/// 4× cheaper than a snapshot (a scoped test takes it at its start, and reads the targets only
+/// if the count changed by its end).
+pub(crate) fn numbers(pid: i32) -> io::Result<Vec<i32>> {
+    Ok(entries(pid)?.1.into_iter().map(|(fd, _)| fd).collect())
+}
+
+/// `/proc/<pid>/fd` opened as a directory, and its entries (number and name), not counting
+/// the directory's own descriptor when a process lists itself.
+fn entries(pid: i32) -> io::Result<(nix::dir::Dir, Vec<(i32, std::ffi::CString)>)> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let mut dir = nix::dir::Dir::open(
+        format!("/proc/{pid}/fd").as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let own = (pid as u32 == std::process::id()).then(|| dir.as_raw_fd());
+    let mut found = Vec::new();
+    for entry in dir.iter() {
         let entry = entry?;
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-        let target = target.to_string_lossy().into_owned();
-        // The descriptor of this very listing (when a process lists its own table).
-        if target == dir {
-            continue;
+        if let Some(fd) = entry.file_name().to_str().ok().and_then(|n| n.parse::<i32>().ok()) {
+            if Some(fd) != own {
+                found.push((fd, entry.file_name().to_owned()));
+            }
         }
+    }
+    Ok((dir, found))
+}
+
+/// Every descriptor of `pid` with its target, read with `readlinkat` on the listing's own
+/// directory descriptor (no path built per entry).
+fn list(pid: i32) -> io::Result<Vec<Fd>> {
+    let (dir, entries) = entries(pid)?;
+    let mut fds = Vec::new();
+    for (fd, name) in entries {
+        // Closed since the listing: not open, so not in the snapshot.
+        let Ok(target) = nix::fcntl::readlinkat(&dir, name.as_c_str()) else { continue };
+        let target = target.to_string_lossy().into_owned();
         fds.push(Fd { fd, kind: kind_of(&target), target });
     }
     fds.sort_by_key(|f| f.fd);

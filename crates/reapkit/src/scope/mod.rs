@@ -330,9 +330,14 @@ impl ScopeBuilder {
             allow,
             settle: self.settle,
             baseline: self.baseline,
-            // Taken last, so that nothing the scope itself allocated counts.
             children: if exact { procfs::children(std::process::id() as i32) } else { Vec::new() },
-            fds: if exact && self.fd_check { FdSnapshot::capture().ok() } else { None },
+            // Taken last, so that nothing the scope itself opened counts. Numbers only: the
+            // targets are read at the end, and only if the count changed.
+            fds: if exact && self.fd_check {
+                crate::fd_snapshot::numbers(std::process::id() as i32).ok()
+            } else {
+                None
+            },
             fd_check: self.fd_check,
             unattributed: UNATTRIBUTED.load(Ordering::Relaxed),
             finished: false,
@@ -363,8 +368,10 @@ pub struct TestScope {
     allow: Vec<LeakPattern>,
     settle: Duration,
     baseline: Option<PathBuf>,
+    /// The children the test process had when the scope was entered.
     children: Vec<i32>,
-    fds: Option<FdSnapshot>,
+    /// The descriptor numbers open when the scope was entered.
+    fds: Option<Vec<i32>>,
     fd_check: bool,
     unattributed: usize,
     finished: bool,
@@ -474,7 +481,7 @@ impl TestScope {
     ///
     /// Not the test's: library state that lives as long as the process, and under
     /// `cargo test` the lock files of `#[file_serial]` that tests waiting for the lock hold.
-    fn leaked_fds(&self, before: &FdSnapshot, accepted: &dyn Fn(&ScopeLeak) -> bool) -> Vec<ScopeLeak> {
+    fn leaked_fds(&self, before: &[i32], accepted: &dyn Fn(&ScopeLeak) -> bool) -> Vec<ScopeLeak> {
         let lock = format!("fd:{}*", std::env::temp_dir().join(SERIAL_TEST_LOCK_PREFIX).display());
         let lock = (self.isolation == Isolation::Serialized).then(|| LeakPattern::parse(&lock)).and_then(Result::ok);
         let the_tests = |fd: &Fd| {
@@ -484,9 +491,15 @@ impl TestScope {
         };
         let deadline = Instant::now() + self.settle;
         let mut pause = Duration::from_millis(1);
+        let me = std::process::id() as i32;
         loop {
-            let opened = before.diff_now().map(|d| d.opened).unwrap_or_default();
-            let leaks: Vec<ScopeLeak> = opened.iter().filter_map(the_tests).collect();
+            // Counting first (one `stat`); the targets only when the count changed.
+            if procfs::fd_count(me).is_ok_and(|n| n == before.len()) {
+                return Vec::new();
+            }
+            let now = FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
+            let opened = now.iter().filter(|fd| !before.contains(&fd.fd));
+            let leaks: Vec<ScopeLeak> = opened.filter_map(the_tests).collect();
             if leaks.iter().all(accepted) || Instant::now() + pause > deadline {
                 return leaks;
             }
