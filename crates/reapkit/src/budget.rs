@@ -194,7 +194,6 @@ pub struct BudgetWatch {
     id: ProcId,
     program: String,
     budget: Budget,
-    page_size: u64,
     /// Readings taken after sample 0.
     samples: usize,
     baseline: Option<Baseline>,
@@ -205,15 +204,7 @@ pub struct BudgetWatch {
 impl BudgetWatch {
     /// Takes sample 0 of `id`; it is the baseline unless the budget has a warm-up.
     pub(crate) fn start(id: ProcId, program: String, budget: Budget) -> Result<BudgetWatch> {
-        let mut watch = BudgetWatch {
-            id,
-            program,
-            budget,
-            page_size: procfs::page_size(),
-            samples: 0,
-            baseline: None,
-            peaks: [0; 4],
-        };
+        let mut watch = BudgetWatch { id, program, budget, samples: 0, baseline: None, peaks: [0; 4] };
         watch.check()?;
         Ok(watch)
     }
@@ -285,15 +276,9 @@ impl BudgetWatch {
 
     /// One reading, refused if the process is gone, a zombie or a recycled pid.
     fn read(&self) -> Result<Reading> {
-        let pid = self.id.pid;
-        let stat = procfs::Stat::read(pid).map_err(|e| self.unreadable(e))?;
-        if stat.is_zombie() || stat.start_time != self.id.start_time {
-            return Err(self.unreadable(io::Error::new(io::ErrorKind::NotFound, "the process has exited")));
-        }
-        let fds = procfs::fd_count(pid).map_err(|e| self.unreadable(e))? as u64;
-        let descendants = procfs::descendants(pid);
-        let values = [stat.rss_pages * self.page_size, fds, stat.num_threads, descendants.len() as u64];
-        Ok(Reading { values, descendants })
+        let usage = procfs::Usage::read(self.id).map_err(|e| self.unreadable(e))?;
+        let values = [usage.rss_bytes, usage.fds as u64, usage.threads, usage.descendants.len() as u64];
+        Ok(Reading { values, descendants: usage.descendants })
     }
 
     fn unreadable(&self, mut source: io::Error) -> Error {

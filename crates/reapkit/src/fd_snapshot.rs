@@ -124,40 +124,40 @@ pub(crate) fn is_process_lifetime(fd: &Fd) -> bool {
 /// 4× cheaper than a snapshot (a scoped test takes it at its start, and reads the targets only
 /// if the count changed by its end).
 pub(crate) fn numbers(pid: i32) -> io::Result<Vec<i32>> {
-    Ok(entries(pid)?.1.into_iter().map(|(fd, _)| fd).collect())
+    numbers_in(&mut fd_dir(pid)?, pid)
 }
 
-/// `/proc/<pid>/fd` opened as a directory, and its entries (number and name), not counting
-/// the directory's own descriptor when a process lists itself.
-fn entries(pid: i32) -> io::Result<(nix::dir::Dir, Vec<(i32, std::ffi::CString)>)> {
+/// `/proc/<pid>/fd`, opened as a directory.
+fn fd_dir(pid: i32) -> io::Result<nix::dir::Dir> {
     use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::dir::Dir::open(format!("/proc/{pid}/fd").as_str(), flags, nix::sys::stat::Mode::empty())?)
+}
+
+/// The descriptor numbers listed in `dir` (of `pid`), not counting the directory's own
+/// descriptor when a process lists itself.
+fn numbers_in(dir: &mut nix::dir::Dir, pid: i32) -> io::Result<Vec<i32>> {
     use std::os::fd::AsRawFd;
-    let mut dir = nix::dir::Dir::open(
-        format!("/proc/{pid}/fd").as_str(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
     let own = (pid as u32 == std::process::id()).then(|| dir.as_raw_fd());
     let mut found = Vec::new();
     for entry in dir.iter() {
-        let entry = entry?;
-        if let Some(fd) = entry.file_name().to_str().ok().and_then(|n| n.parse::<i32>().ok()) {
+        if let Some(fd) = entry?.file_name().to_str().ok().and_then(|n| n.parse::<i32>().ok()) {
             if Some(fd) != own {
-                found.push((fd, entry.file_name().to_owned()));
+                found.push(fd);
             }
         }
     }
-    Ok((dir, found))
+    Ok(found)
 }
 
 /// Every descriptor of `pid` with its target, read with `readlinkat` on the listing's own
 /// directory descriptor (no path built per entry).
 fn list(pid: i32) -> io::Result<Vec<Fd>> {
-    let (dir, entries) = entries(pid)?;
+    let mut dir = fd_dir(pid)?;
     let mut fds = Vec::new();
-    for (fd, name) in entries {
+    for fd in numbers_in(&mut dir, pid)? {
         // Closed since the listing: not open, so not in the snapshot.
-        let Ok(target) = nix::fcntl::readlinkat(&dir, name.as_c_str()) else { continue };
+        let Ok(target) = nix::fcntl::readlinkat(&dir, fd.to_string().as_str()) else { continue };
         let target = target.to_string_lossy().into_owned();
         fds.push(Fd { fd, kind: kind_of(&target), target });
     }

@@ -348,19 +348,16 @@ impl ProcessGuard {
     /// Pid, group, uptime, RSS, FD count, threads and live descendants of the child.
     pub fn info(&self) -> Result<ProcessInfo> {
         let pid = self.pid();
-        let gone = |source| Error::Io { context: format!("reading /proc/{pid} of `{}`", self.program), source };
-        let stat = procfs::Stat::read(pid).map_err(gone)?;
-        if stat.is_zombie() || stat.start_time != self.leader.id.start_time {
-            return Err(gone(std::io::Error::new(std::io::ErrorKind::NotFound, "the process has exited")));
-        }
+        let usage = procfs::Usage::read(self.leader.id)
+            .map_err(|source| Error::Io { context: format!("reading /proc/{pid} of `{}`", self.program), source })?;
         Ok(ProcessInfo {
             pid,
-            pgid: stat.pgrp,
+            pgid: usage.pgid,
             uptime: self.spawned.elapsed(),
-            rss_bytes: stat.rss_pages * procfs::page_size(),
-            fds: procfs::fd_count(pid).map_err(gone)?,
-            threads: stat.num_threads,
-            descendants: procfs::descendants(pid),
+            rss_bytes: usage.rss_bytes,
+            fds: usage.fds,
+            threads: usage.threads,
+            descendants: usage.descendants,
         })
     }
 

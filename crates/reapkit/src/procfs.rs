@@ -145,6 +145,35 @@ pub fn fd_count(pid: i32) -> io::Result<usize> {
     Ok(std::fs::read_dir(&dir)?.count())
 }
 
+/// What a `get_server_info` tool or a monitoring service shows of a live process.
+#[derive(Debug, Clone)]
+pub(crate) struct Usage {
+    pub(crate) pgid: i32,
+    pub(crate) rss_bytes: u64,
+    pub(crate) fds: usize,
+    pub(crate) threads: u64,
+    /// Live processes below it.
+    pub(crate) descendants: Vec<ProcId>,
+}
+
+impl Usage {
+    /// The usage of `id`, or `NotFound` ("the process has exited") if it is gone, a zombie,
+    /// or its pid now names another process.
+    pub(crate) fn read(id: ProcId) -> io::Result<Usage> {
+        let stat = Stat::read(id.pid)?;
+        if stat.is_zombie() || stat.start_time != id.start_time {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "the process has exited"));
+        }
+        Ok(Usage {
+            pgid: stat.pgrp,
+            rss_bytes: stat.rss_pages * page_size(),
+            fds: fd_count(id.pid)?,
+            threads: stat.num_threads,
+            descendants: descendants(id.pid),
+        })
+    }
+}
+
 /// Page size in bytes, for turning `rss_pages` into bytes.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.

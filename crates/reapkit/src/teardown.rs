@@ -132,7 +132,7 @@ pub(crate) fn run(guard: &mut ProcessGuard) -> Teardown {
     let tree = discover_tree(guard.leader.id.pid, &marker, &mut scan);
     let live: Vec<&Member> = tree.iter().filter(|m| !m.has_exited()).collect();
     if !exited_on_eof || !live.is_empty() {
-        let group = (!exited_on_eof || live.iter().any(|m| in_group(m, guard.leader.id.pid)))
+        let group = (!exited_on_eof || live.iter().any(|m| in_group(m.id.pid, guard.leader.id.pid)))
             .then_some(Group { leader, pgid: guard.leader.id.pid });
         let outcome = terminate(group.as_ref(), &live, guard.graces.term, &mut clock, &mut problems);
         if !exited_on_eof {
@@ -238,7 +238,7 @@ fn terminate(
     clock: &mut Clock,
     problems: &mut Vec<String>,
 ) -> EndedBy {
-    let outside_group = |m: &&&Member| group.is_none_or(|g| !in_group(m, g.pgid));
+    let outside_group = |m: &&&Member| group.is_none_or(|g| !in_group(m.id.pid, g.pgid));
     let mut waiting: Vec<BorrowedFd<'_>> = members.iter().map(|m| m.pidfd.as_fd()).collect();
     if let Some(g) = group {
         waiting.push(g.leader);
@@ -271,10 +271,9 @@ fn terminate(
 /// cannot name another group. It also finds an orphan still in `exec`, whose environment
 /// reads empty for that moment.
 fn discover_tree(leader: i32, marker: &str, scan: &mut MarkerScan) -> Vec<Member> {
-    let in_group = |pid: i32| procfs::Stat::read(pid).is_ok_and(|s| s.pgrp == leader);
     let adopted = procfs::children(std::process::id() as i32)
         .into_iter()
-        .filter(|&pid| pid != leader && (in_group(pid) || scan.carries(pid, marker.as_bytes())))
+        .filter(|&pid| pid != leader && (in_group(pid, leader) || scan.carries(pid, marker.as_bytes())))
         .filter_map(ProcId::of);
     let mut ids = procfs::descendants(leader);
     for root in adopted {
@@ -284,8 +283,8 @@ fn discover_tree(leader: i32, marker: &str, scan: &mut MarkerScan) -> Vec<Member
     ids.into_iter().filter_map(Member::open).collect()
 }
 
-fn in_group(member: &Member, pgid: i32) -> bool {
-    procfs::Stat::read(member.id.pid).is_ok_and(|s| s.pgrp == pgid)
+fn in_group(pid: i32, pgid: i32) -> bool {
+    procfs::Stat::read(pid).is_ok_and(|s| s.pgrp == pgid)
 }
 
 /// Times the steps as they complete.

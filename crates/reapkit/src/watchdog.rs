@@ -68,7 +68,7 @@ pub(crate) fn ensure(ledger_dir: &Path) {
 
 /// Whether `pid` is a watchdog this process started: a child of the test process that is
 /// not the test's. By pid, not by its environment, which reads empty while it is still in exec.
-pub(crate) fn is_ours(pid: i32) -> bool {
+pub(crate) fn is_watchdog(pid: i32) -> bool {
     started().iter().any(|(_, p)| *p == pid)
 }
 

@@ -326,7 +326,6 @@ impl ScopeBuilder {
         }
         TestScope {
             shared,
-            isolation,
             allow,
             settle: self.settle,
             baseline: self.baseline,
@@ -364,7 +363,6 @@ impl ScopeBuilder {
 /// prints it if the thread is already panicking).
 pub struct TestScope {
     shared: Arc<Shared>,
-    isolation: Isolation,
     allow: Vec<LeakPattern>,
     settle: Duration,
     baseline: Option<PathBuf>,
@@ -383,7 +381,7 @@ impl std::fmt::Debug for TestScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestScope")
             .field("test", &self.shared.test)
-            .field("isolation", &self.isolation)
+            .field("isolation", &self.shared.isolation)
             .finish_non_exhaustive()
     }
 }
@@ -405,7 +403,7 @@ impl TestScope {
     }
 
     pub fn isolation(&self) -> Isolation {
-        self.isolation
+        self.shared.isolation
     }
 
     /// Runs `teardown` when the scope finishes, before anything is checked; the last deferred
@@ -427,7 +425,7 @@ impl TestScope {
 
     fn conclude(&mut self) -> Result<(), Box<LeakReport>> {
         self.finished = true;
-        let mut report = LeakReport::new(self.shared.test.clone(), self.isolation);
+        let mut report = LeakReport::new(self.shared.test.clone(), self.shared.isolation);
         self.run_deferred(&mut report);
         self.leave();
         let baseline = Baseline::load(self.baseline.as_deref(), &self.shared.test).unwrap_or_else(|e| {
@@ -445,7 +443,7 @@ impl TestScope {
                 checked.extend([LeakKind::Container, LeakKind::Network, LeakKind::Volume]);
             }
         }
-        if self.isolation.is_exact() {
+        if self.shared.isolation.is_exact() {
             self.check_children(&mut report);
             checked.push(LeakKind::Process);
         }
@@ -453,10 +451,10 @@ impl TestScope {
             Some(before) => {
                 report.leaks.extend(self.leaked_fds(before, &accepted));
                 checked.push(LeakKind::Fd);
-                report.notes.push(format!("FD table: {}", self.isolation.describe()));
+                report.notes.push(format!("FD table: {}", self.shared.isolation.describe()));
             }
             None if !self.fd_check => report.notes.push("FD table: not checked (fd_check = false)".into()),
-            None => report.notes.push(format!("FD table and children: {}", self.isolation.describe())),
+            None => report.notes.push(format!("FD table and children: {}", self.shared.isolation.describe())),
         }
         let unattributed = UNATTRIBUTED.load(Ordering::Relaxed) - self.unattributed;
         if unattributed > 0 {
@@ -483,7 +481,8 @@ impl TestScope {
     /// `cargo test` the lock files of `#[file_serial]` that tests waiting for the lock hold.
     fn leaked_fds(&self, before: &[i32], accepted: &dyn Fn(&ScopeLeak) -> bool) -> Vec<ScopeLeak> {
         let lock = format!("fd:{}*", std::env::temp_dir().join(SERIAL_TEST_LOCK_PREFIX).display());
-        let lock = (self.isolation == Isolation::Serialized).then(|| LeakPattern::parse(&lock)).and_then(Result::ok);
+        let lock =
+            (self.shared.isolation == Isolation::Serialized).then(|| LeakPattern::parse(&lock)).and_then(Result::ok);
         let the_tests = |fd: &Fd| {
             let leak = ScopeLeak::fd(fd);
             let serial_lock = lock.as_ref().is_some_and(|p| leak.is(p));
@@ -497,8 +496,8 @@ impl TestScope {
             if procfs::fd_count(me).is_ok_and(|n| n == before.len()) {
                 return Vec::new();
             }
-            let now = FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
-            let opened = now.iter().filter(|fd| !before.contains(&fd.fd));
+            let now = FdSnapshot::capture().ok();
+            let opened = now.iter().flat_map(FdSnapshot::fds).filter(|fd| !before.contains(&fd.fd));
             let leaks: Vec<ScopeLeak> = opened.filter_map(the_tests).collect();
             if leaks.iter().all(accepted) || Instant::now() + pause > deadline {
                 return leaks;
@@ -544,7 +543,7 @@ impl TestScope {
     fn check_children(&self, report: &mut LeakReport) {
         let new: Vec<Member> = procfs::children(std::process::id() as i32)
             .into_iter()
-            .filter(|pid| !self.children.contains(pid) && !crate::watchdog::is_ours(*pid))
+            .filter(|pid| !self.children.contains(pid) && !crate::watchdog::is_watchdog(*pid))
             .filter_map(ProcId::of)
             .filter_map(Member::open)
             .filter(|m| !m.has_exited())
@@ -555,27 +554,22 @@ impl TestScope {
         // A child the test killed may still be exiting: wait for that, not for a timer.
         let fds: Vec<_> = new.iter().map(|m| std::os::fd::AsFd::as_fd(&m.pidfd)).collect();
         crate::sys::wait_all_readable(&fds, Instant::now() + self.settle);
-        let leaked = new.into_iter().filter(|m| !m.has_exited()).map(|m| {
-            let command = procfs::cmdline(m.id.pid);
-            (m, command)
-        });
-        let leaked: Vec<(Member, String)> = leaked.collect();
-        let mut members: Vec<Member> = Vec::new();
-        for (m, _) in &leaked {
-            members.extend(procfs::descendants(m.id.pid).into_iter().filter_map(Member::open));
-        }
-        let grace = self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE);
-        let pids: Vec<ProcId> = leaked.iter().map(|(m, _)| m.id).collect();
-        members.extend(leaked.into_iter().map(|(m, command)| {
-            report.leaks.push(ScopeLeak::child(m.id.pid, command, "killed with its descendants"));
-            m
-        }));
-        for survivor in teardown::end_leftovers(&members, grace).into_iter().filter(|s| pids.contains(s)) {
-            if let Some(leak) = report.leaks.iter_mut().find(|l| l.what.starts_with(&format!("pid {} ", survivor.pid)))
-            {
+        let leaked: Vec<Member> = new.into_iter().filter(|m| !m.has_exited()).collect();
+        // The evidence first, while they still run.
+        let mut leaks: Vec<(ProcId, ScopeLeak)> = leaked
+            .iter()
+            .map(|m| (m.id, ScopeLeak::child(m.id.pid, procfs::cmdline(m.id.pid), "killed with its descendants")))
+            .collect();
+        let mut members: Vec<Member> =
+            leaked.iter().flat_map(|m| procfs::descendants(m.id.pid)).filter_map(Member::open).collect();
+        members.extend(leaked);
+        let survivors = teardown::end_leftovers(&members, self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE));
+        for (id, leak) in &mut leaks {
+            if survivors.contains(id) {
                 leak.action = "survived SIGKILL (uninterruptible sleep?)".into();
             }
         }
+        report.leaks.extend(leaks.into_iter().map(|(_, leak)| leak));
     }
 }
 
