@@ -257,11 +257,16 @@ pub fn reapkit_cli() -> Command {
     Command::new(path)
 }
 
-/// The identity (`<pid>:<starttime>`) of a process that has exited and been reaped: an owner
-/// that is provably dead, for leftovers made on purpose.
+/// The identity (an [`reapkit::OwnerId`]: pid, start time, PID namespace, boot) of a process
+/// that has exited and been reaped: an owner that is provably dead, for leftovers made on purpose.
 pub fn dead_owner() -> String {
     let mut child = Command::new("true").spawn().expect("`true` starts");
     let id = ProcId::of(child.id() as i32).expect("not yet reaped, so still in /proc");
     child.wait().expect("reaped");
-    id.to_string()
+    reapkit::OwnerId::here(id).to_string()
+}
+
+/// This test process, alive, as an owner: the owner of a concurrent run.
+pub fn live_owner() -> reapkit::OwnerId {
+    reapkit::OwnerId::of_self().expect("our own /proc entry")
 }

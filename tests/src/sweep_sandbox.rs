@@ -53,7 +53,7 @@ impl Sandbox {
         &self.test
     }
 
-    /// `sleep 3600` carrying this run's leftover markers, owned by `owner` (`<pid>:<starttime>`;
+    /// `sleep 3600` carrying this run's leftover markers, owned by `owner` (an [`reapkit::OwnerId`];
     /// [`crate::dead_owner`] for a leftover, a live process for a concurrent run).
     pub fn marked_sleep(&self, owner: &str) -> Command {
         let mut cmd = unmarked_sleep();
@@ -70,10 +70,10 @@ impl Sandbox {
     /// A valid ledger record of this run naming `process` (a `sleep 3600`), owned by `owner`.
     pub fn record_of(&self, guard: &str, owner: &str, process: ProcId) -> Record {
         Record {
-            version: 1,
+            version: reapkit::ledger::RECORD_VERSION,
             guard: guard.to_owned(),
             run_id: self.run_id.clone(),
-            owner: owner.to_owned(),
+            owner: owner.parse().expect("an owner id"),
             owner_host: reapkit::ownership::hostname(),
             test: self.test.clone(),
             created: reapkit::ledger::now_rfc3339(),

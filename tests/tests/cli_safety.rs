@@ -10,16 +10,11 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use reapkit::ProcId;
+use reapkit::{OwnerId, ProcId};
 use reapkit_tests::sweep_sandbox::{
     assert_root, clean_env, unique, unmarked_sleep, which, Sandbox, Spawned, Swept, NOBODY,
 };
-use reapkit_tests::{dead_owner, reapkit_cli, wait_until};
-
-/// This test process, alive: the owner of a concurrent run.
-fn me() -> ProcId {
-    ProcId::of(std::process::id() as i32).expect("our own /proc entry")
-}
+use reapkit_tests::{dead_owner, live_owner, reapkit_cli, wait_until};
 
 #[test]
 fn a_leftover_is_reaped_and_the_same_command_without_a_marker_survives() {
@@ -60,7 +55,7 @@ fn older_than_spares_younger_leftovers_and_takes_the_rest() {
 #[test]
 fn a_leftover_whose_owner_is_alive_belongs_to_a_concurrent_run_and_survives() {
     let sb = Sandbox::new("cli_safety", "owner_alive");
-    let mut concurrent = Spawned::start(sb.marked_sleep(&me().to_string()));
+    let mut concurrent = Spawned::start(sb.marked_sleep(&live_owner().to_string()));
 
     let swept = sb.reap(&[]);
 
@@ -76,10 +71,13 @@ fn a_leftover_whose_owner_is_alive_belongs_to_a_concurrent_run_and_survives() {
 #[test]
 fn an_owner_pid_recycled_by_another_process_counts_as_dead() {
     let sb = Sandbox::new("cli_safety", "owner_pid_recycled");
-    let alive = me();
+    let alive = live_owner();
     // Our own pid, alive, but with another start time: the owner's pid was recycled.
-    let recycled = ProcId { start_time: alive.start_time + 1, ..alive };
-    assert!(!recycled.is_alive() && ProcId::of(recycled.pid).is_some(), "the owner pid exists with another start time");
+    let recycled = OwnerId { process: ProcId { start_time: alive.process.start_time + 1, ..alive.process }, ..alive };
+    assert!(
+        !recycled.process.is_alive() && ProcId::of(recycled.process.pid).is_some(),
+        "the owner pid exists with another start time"
+    );
     let mut decoy = Spawned::start(unmarked_sleep());
     let mut leftover = Spawned::start(sb.marked_sleep(&recycled.to_string()));
 
@@ -139,8 +137,12 @@ fn another_users_process_with_a_leftover_marker_and_a_record_is_never_touched() 
 
     let swept = sb.reap(&[]);
 
-    swept.assert_code(1);
+    // The record names a live process that is not ours: a problem to look at, kept.
+    swept.assert_code(2);
     assert_eq!(swept.leak_pids(), vec![i64::from(leftover.id.pid)], "only our own user's leftover is a leak:\n{swept}");
+    let line = swept.unchecked_about("g-nobody.json");
+    assert!(line.contains(&format!("uid {NOBODY}")) && line.contains("Kept"), "{line}");
+    assert!(sb.ledger.join("g-nobody.json").exists(), "the record is kept as evidence:\n{swept}");
     leftover.assert_reaped("our own leftover");
     theirs.assert_survived("nobody's process carrying our leftover marker and named by a record");
 }

@@ -131,6 +131,42 @@ fn silent_server_hits_the_startup_timeout() {
 
 #[test]
 #[serial]
+fn a_server_that_floods_pings_and_never_reads_cannot_hang_the_start() {
+    // It never reads stdin: answering its pings (or even sending `initialize`) would block a
+    // writer without a deadline forever.
+    case(&["--flood-pings"], |cmd| {
+        let started = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let err = ProcessGuard::builder(cmd).term_grace(SHORT_TERM).mcp().startup_timeout(timeout).start();
+        let err = err.expect_err("it never answers initialize");
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Startup { .. }), "{err}");
+        assert!(took < timeout + Duration::from_secs(2), "the startup timeout is a deadline: {took:?}\n{err}");
+        Vec::new()
+    });
+}
+
+#[test]
+#[serial]
+fn a_large_request_to_a_server_that_stopped_reading_times_out() {
+    case(&["--flood-pings-after-init"], |cmd| {
+        let timeout = Duration::from_secs(1);
+        let builder = ProcessGuard::builder(cmd).term_grace(SHORT_TERM).mcp().request_timeout(timeout);
+        let mut server = builder.start().expect("the handshake works before the flood");
+        let tree = vec![server.process().proc_id()];
+        // Far more than a pipe holds: the write itself must wait, with a deadline.
+        let started = Instant::now();
+        let err = server.call_tool("echo", json!({"text": "x".repeat(8 << 20)})).expect_err("never answered");
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Timeout { .. } | Error::ServerGone { .. }), "{err}");
+        assert!(took < timeout + Duration::from_secs(2), "the request timeout is a deadline: {took:?}\n{err}");
+        assert!(server.shutdown().is_clean());
+        tree
+    });
+}
+
+#[test]
+#[serial]
 fn slow_request_times_out_without_hanging() {
     case(&["--delay-ms", "300"], |cmd| {
         let builder = ProcessGuard::builder(cmd).mcp();

@@ -2,7 +2,12 @@
 //!
 //! A project's xtask embeds the sweep in a few lines — `Reap(reapkit_cli::ReapArgs)` in its
 //! clap enum, `reapkit_cli::reap(&args)` to run it — and gets the same options, output and exit
-//! codes as the `reapkit` binary. Evidence goes out before anything is killed.
+//! codes as the `reapkit` binary.
+//!
+//! Evidence first, output second: the report file is written before anything is printed or
+//! killed (and again with the outcome), and a closed or broken stdout never stops a sweep half
+//! way or loses its report — output is written through [`Out`], which stops writing on the
+//! first error instead of panicking. Everything printed from the evidence is escaped.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -12,8 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use reapkit::escape::evidence;
 use reapkit::supervise::{self, Supervision};
-use reapkit::sweep::{write_table, DockerCheck, Report, Scope, Sweep, EXIT_CLEAN, EXIT_LEAKS};
+use reapkit::sweep::{write_table, DockerCheck, Findings, Report, Scope, Sweep, EXIT_CLEAN, EXIT_LEAKS};
 
 /// Where a sweep looks and how it ends things: shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -30,6 +36,9 @@ pub struct SweepArgs {
     /// SIGTERM-to-SIGKILL grace for leftover processes
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// How long all Docker engines together may take to answer (they are asked at once)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub docker_timeout: Duration,
 }
 
 impl SweepArgs {
@@ -39,7 +48,7 @@ impl SweepArgs {
             (Some(host), false) => DockerCheck::Host(host.clone()),
             (None, false) => DockerCheck::Auto,
         };
-        let sweep = Sweep::new(scope).docker(docker).grace(self.grace);
+        let sweep = Sweep::new(scope).docker(docker).docker_timeout(self.docker_timeout).grace(self.grace);
         match &self.ledger_dir {
             Some(dir) => sweep.ledger_dir(dir),
             None => sweep,
@@ -60,7 +69,7 @@ pub struct ReapArgs {
     #[arg(long)]
     pub json: bool,
     /// Only leftovers of this run (REAPKIT_RUN_ID / NEXTEST_RUN_ID)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = run_id)]
     pub run_id: Option<String>,
     /// Only leftovers at least this old, e.g. `10m`
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -98,8 +107,9 @@ pub struct PsArgs {
 /// command's status if it failed, else 1.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The run id to give the command [default: a new one]
-    #[arg(long, value_name = "ID")]
+    /// The run id to give the command [default: a new one]. A label, not a proof: another job
+    /// with the same id is never touched
+    #[arg(long, value_name = "ID", value_parser = run_id)]
     pub run_id: Option<String>,
     #[command(flatten)]
     pub sweep: SweepArgs,
@@ -118,6 +128,15 @@ pub struct WrapArgs {
     pub cmd: Vec<OsString>,
 }
 
+/// A run id as reapkit writes them: it names files and reaches terminals.
+fn run_id(value: &str) -> Result<String, String> {
+    if reapkit::ownership::valid_id(value) {
+        Ok(value.to_owned())
+    } else {
+        Err("a run id is 1 to 128 ASCII letters, digits and `._-+@:`, not starting with a dot".into())
+    }
+}
+
 /// `reapkit reap`: returns the exit code.
 pub fn reap(args: &ReapArgs) -> Result<i32> {
     let scope = Scope::DeadOwners { run_id: args.run_id.clone() };
@@ -129,28 +148,39 @@ pub fn reap(args: &ReapArgs) -> Result<i32> {
         sweep = sweep.matching(move |cmdline| pattern.is_match(cmdline), args.keep_newest);
     }
     let findings = sweep.find();
+    let file = args.report.clone().or_else(default_report_path);
+    // The evidence is on disk before anything is printed or killed.
+    let mut problems = write_report(file.as_deref(), &findings.preview());
+    let mut out = Out::stdout();
     if !args.json && !findings.leaks().is_empty() {
         let verb = if args.dry_run { "would reap" } else { "reaping" };
-        println!("reapkit: {verb} {} leaked resources; the evidence:", findings.leaks().len());
-        write_table(&mut std::io::stdout(), findings.leaks())?;
+        out.line(&format!("reapkit: {verb} {}; the evidence:", count(findings.leaks().len(), "leaked resource")));
+        out.table(&findings);
     }
     let report = if args.dry_run { findings.report() } else { findings.reap() };
-    publish(&report, args.json, args.report.clone().or_else(default_report_path))?;
-    Ok(if args.warn_only && report.exit_code == EXIT_LEAKS { EXIT_CLEAN } else { report.exit_code })
+    problems.extend(write_report(file.as_deref(), &report));
+    publish(&mut out, &report, args.json);
+    for problem in &problems {
+        Out::stderr().line(&format!("reapkit: {problem}"));
+    }
+    let code = if args.warn_only && report.exit_code == EXIT_LEAKS { EXIT_CLEAN } else { report.exit_code };
+    Ok(if problems.is_empty() { code } else { reapkit::sweep::EXIT_UNCHECKED })
 }
 
 /// `reapkit ps`: everything tracked, alive or orphaned.
 pub fn ps(args: &PsArgs) -> Result<i32> {
     let report = args.sweep.sweep(Scope::Everything).find().report();
+    let mut out = Out::stdout();
     if args.json {
-        println!("{}", report.to_json());
+        out.line(&report.to_json());
     } else if report.leaks.is_empty() {
-        println!("reapkit: nothing tracked is alive");
+        out.line("reapkit: nothing tracked is alive");
     } else {
-        write_table(&mut std::io::stdout(), &report.leaks)?;
+        out.write_table(&report.leaks);
     }
+    let mut err = Out::stderr();
     for line in &report.unchecked {
-        eprintln!("reapkit: could not check: {line}");
+        err.line(&format!("reapkit: could not check: {}", evidence(line)));
     }
     Ok(if report.unchecked.is_empty() { EXIT_CLEAN } else { reapkit::sweep::EXIT_UNCHECKED })
 }
@@ -158,7 +188,7 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
 /// `reapkit run -- CMD`.
 pub fn run(args: RunArgs) -> Result<i32> {
     let run_id = args.run_id.clone().unwrap_or_else(reapkit::ownership::fresh_run_id);
-    eprintln!("reapkit: run {run_id}");
+    Out::stderr().line(&format!("reapkit: run {run_id}"));
     supervised(Supervision::Run { run_id }, &args.sweep, &args.cmd)
 }
 
@@ -173,52 +203,118 @@ fn supervised(mode: Supervision, sweep: &SweepArgs, argv: &[OsString]) -> Result
     cmd.args(rest);
     let supervise::Ended { status, findings } = supervise::supervise(mode, cmd, |scope| sweep.sweep(scope))?;
     // stdout belongs to the command; the verdict goes to stderr, which nextest shows on failure.
-    let mut err = std::io::stderr();
+    let mut err = Out::stderr();
     if !findings.leaks().is_empty() {
-        writeln!(err, "reapkit: the command left {} resources behind; the evidence:", findings.leaks().len())?;
-        write_table(&mut err, findings.leaks())?;
+        err.line(&format!(
+            "reapkit: the command left {} behind; the evidence:",
+            count(findings.leaks().len(), "resource")
+        ));
+        err.table(&findings);
     }
     let report = findings.reap();
     for leak in &report.leaks {
-        writeln!(err, "reapkit: leaked {}", leak.summary())?;
+        err.line(&format!("reapkit: leaked {}", leak.summary()));
     }
     for line in &report.unchecked {
-        writeln!(err, "reapkit: could not check: {line}")?;
+        err.line(&format!("reapkit: could not check: {}", evidence(line)));
     }
-    github_annotations(&report)?;
+    for line in &report.notes {
+        err.line(&format!("reapkit: note: {}", evidence(line)));
+    }
+    github_annotations(&mut Out::stdout(), &report);
     Ok(supervise::exit_code(status, &report))
 }
 
-/// Prints the outcome (JSON or prose), the GitHub annotations, and writes the report file.
-fn publish(report: &Report, json: bool, file: Option<PathBuf>) -> Result<()> {
+/// Prints the outcome (JSON or prose) and the GitHub annotations.
+fn publish(out: &mut Out, report: &Report, json: bool) {
     if json {
-        println!("{}", report.to_json());
+        out.line(&report.to_json());
     } else {
         for leak in &report.leaks {
-            println!("reapkit: {}", leak.summary());
+            out.line(&format!("reapkit: {}", leak.summary()));
         }
         for line in &report.unchecked {
-            println!("reapkit: could not check: {line}");
+            out.line(&format!("reapkit: could not check: {}", evidence(line)));
         }
         for line in &report.notes {
-            println!("reapkit: note: {line}");
+            out.line(&format!("reapkit: note: {}", evidence(line)));
         }
         if report.leaks.is_empty() && report.unchecked.is_empty() {
-            println!("reapkit: nothing leaked");
+            out.line("reapkit: nothing leaked");
         }
     }
-    github_annotations(report)?;
-    if let Some(path) = file {
-        std::fs::write(&path, report.to_json()).with_context(|| format!("writing the report to {}", path.display()))?;
-    }
-    Ok(())
+    github_annotations(out, report);
 }
 
-fn github_annotations(report: &Report) -> Result<()> {
-    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
-        report.write_github_annotations(&mut std::io::stdout())?;
+/// Writes the report file; what went wrong, if anything, for the caller to say (once stdout
+/// is done) and to make the exit code "unchecked".
+fn write_report(file: Option<&std::path::Path>, report: &Report) -> Vec<String> {
+    let Some(path) = file else { return Vec::new() };
+    // Temp + rename: a reader (or a sweep killed half way) never sees half a report.
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::write(&tmp, report.to_json()).and_then(|()| std::fs::rename(&tmp, path));
+    match written {
+        Ok(()) => Vec::new(),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            vec![format!("could not write the report to {}: {e}", evidence(&path.display().to_string()))]
+        }
     }
-    Ok(())
+}
+
+fn github_annotations(out: &mut Out, report: &Report) {
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        let mut text = Vec::new();
+        let _ = report.write_github_annotations(&mut text);
+        out.raw(&text);
+    }
+}
+
+/// `1 leaked resource`, `3 leaked resources`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// stdout or stderr that stops writing at its first error (a closed pipe, `| head`) instead of
+/// panicking as `println!` does: the sweep goes on, and its report is on disk already.
+pub struct Out {
+    target: Box<dyn Write>,
+    broken: bool,
+}
+
+impl Out {
+    pub fn stdout() -> Out {
+        Out { target: Box::new(std::io::stdout()), broken: false }
+    }
+
+    pub fn stderr() -> Out {
+        Out { target: Box::new(std::io::stderr()), broken: false }
+    }
+
+    /// One line of our own text (the caller escaped the evidence in it).
+    pub fn line(&mut self, text: &str) {
+        self.raw(format!("{text}\n").as_bytes());
+    }
+
+    fn table(&mut self, findings: &Findings) {
+        self.write_table(findings.leaks());
+    }
+
+    fn write_table(&mut self, leaks: &[reapkit::sweep::Leak]) {
+        let mut text = Vec::new();
+        let _ = write_table(&mut text, leaks);
+        self.raw(&text);
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        if !self.broken {
+            self.broken = self.target.write_all(bytes).and_then(|()| self.target.flush()).is_err();
+        }
+    }
 }
 
 fn default_report_path() -> Option<PathBuf> {

@@ -28,7 +28,7 @@ fn main() {
         Command::Wrap(args) => reapkit_cli::wrap(args),
     };
     std::process::exit(code.unwrap_or_else(|e| {
-        eprintln!("reapkit: error: {e:#}");
+        reapkit_cli::Out::stderr().line(&format!("reapkit: error: {}", reapkit::escape::evidence(&format!("{e:#}"))));
         reapkit::sweep::EXIT_UNCHECKED
     }));
 }

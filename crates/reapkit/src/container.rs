@@ -32,6 +32,9 @@ pub const LABEL_OWNER_HOST: &str = "reapkit.owner-host";
 pub const LABEL_GUARD: &str = "reapkit.guard";
 pub const LABEL_TEST: &str = "reapkit.test";
 pub const LABEL_CREATED: &str = "reapkit.created";
+/// The `reapkit run`/`wrap` the owner ran under (`REAPKIT_SUPERVISOR`), when there is one: how
+/// a supervisor tells its own run's containers from another job's with the same run id.
+pub const LABEL_SUPERVISOR: &str = "reapkit.supervisor";
 
 /// Default SIGTERM-to-SIGKILL time of `docker stop`, like the process guard's `term_grace`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,6 +205,10 @@ impl ContainerBuilder {
         ] {
             self.labels.insert(key.to_owned(), value);
         }
+        match ownership::supervisor() {
+            Some(supervisor) => self.labels.insert(LABEL_SUPERVISOR.to_owned(), supervisor.to_string()),
+            None => self.labels.remove(LABEL_SUPERVISOR),
+        };
         let network = self.own_network.then(|| format!("reapkit-{guard}"));
         let spec = Spec {
             guard,
@@ -464,47 +471,67 @@ async fn create(docker: Docker, spec: Spec) -> Result<Created> {
     Ok(created)
 }
 
+/// Starts the container and waits until it is ready. `ready_timeout` is a deadline for all
+/// of it — start, every readiness probe, and the logs gathered for the error — not a timeout
+/// per step: a 2 s timeout returns after 2 s, whatever the engine or the probe does.
 async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<()> {
-    docker.start_container(&id, None).await.map_err(|e| docker_error("starting the container", e))?;
-    let deadline = Instant::now() + plan.ready_timeout;
-    match plan.ready {
-        Ready::Running => {}
-        Ready::LogLine(text) => {
-            let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
-            let mut stream = docker.logs(&id, Some(options));
-            let mut seen = String::new();
-            let found = tokio::time::timeout_at(deadline.into(), async {
+    let deadline = tokio::time::Instant::now() + plan.ready_timeout;
+    let waited_for = match &plan.ready {
+        Ready::Running => "the container to start".to_owned(),
+        Ready::LogLine(text) => format!("log line {text:?}"),
+        Ready::Exec(cmd) => format!("exec {cmd:?} exiting 0"),
+    };
+    let ready = tokio::time::timeout_at(deadline, async {
+        docker.start_container(&id, None).await.map_err(|e| docker_error("starting the container", e))?;
+        match &plan.ready {
+            Ready::Running => Ok(true),
+            Ready::LogLine(text) => {
+                let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+                let mut stream = docker.logs(&id, Some(options));
+                let mut seen = String::new();
                 while let Some(Ok(chunk)) = stream.next().await {
                     seen.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-                    if seen.contains(&text) {
-                        return true;
+                    if seen.contains(text.as_str()) {
+                        return Ok(true);
                     }
                 }
-                false // the stream ends when the container stops
-            })
-            .await;
-            if found != Ok(true) {
-                return Err(not_ready(&docker, &id, &format!("log line {text:?}"), plan.ready_timeout).await);
+                Ok(false) // the stream ends when the container stops
             }
+            Ready::Exec(cmd) => loop {
+                if exec(docker.clone(), id.clone(), cmd.clone()).await.is_ok_and(|o| o.exit_code == 0) {
+                    return Ok(true);
+                }
+                if !is_running(&docker, &id).await {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            },
         }
-        Ready::Exec(cmd) => loop {
-            if exec(docker.clone(), id.clone(), cmd.clone()).await.is_ok_and(|o| o.exit_code == 0) {
-                break;
-            }
-            if Instant::now() >= deadline || !is_running(&docker, &id).await {
-                return Err(not_ready(&docker, &id, &format!("exec {cmd:?} exiting 0"), plan.ready_timeout).await);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        },
+    })
+    .await;
+    match ready {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(false)) | Err(_) => Err(not_ready(&docker, &id, &waited_for, plan.ready_timeout).await),
     }
-    Ok(())
 }
 
+/// How long gathering the state and logs for a not-ready error may take on top of the deadline.
+const DIAGNOSE_LIMIT: Duration = Duration::from_millis(300);
+
 /// The error for a container that did not become ready: exited (with its code) or too slow.
+/// Its diagnostics are bounded: an engine that stalls them gets them left out.
 async fn not_ready(docker: &Docker, id: &str, waited_for: &str, timeout: Duration) -> Error {
-    let state = inspect(docker, id).await.ok().and_then(|i| i.state);
-    let logs = logs(docker, id).await;
-    let tail = logs[logs.len().saturating_sub(LOG_TAIL)..].to_owned();
+    let gathered = tokio::time::timeout(DIAGNOSE_LIMIT, async {
+        (inspect(docker, id).await.ok().and_then(|i| i.state), logs(docker, id).await)
+    })
+    .await;
+    let (state, logs) = gathered.unwrap_or((None, String::new()));
+    let mut cut = logs.len().saturating_sub(LOG_TAIL);
+    while !logs.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let tail = logs[cut..].to_owned();
     match state {
         Some(s) if s.running != Some(true) => {
             Error::ContainerExited { id: id.to_owned(), exit_code: s.exit_code.unwrap_or(-1), logs_tail: tail }

@@ -69,6 +69,11 @@ impl Engine {
     /// in use in this process, else a new connection. A failure is not cached: an engine
     /// started later is found by later guards.
     pub(crate) fn get(host: Option<&str>) -> Result<Arc<Engine>> {
+        Engine::get_within(host, CONNECT_TIMEOUT)
+    }
+
+    /// [`Engine::get`], giving a new connection at most `timeout` to answer.
+    pub(crate) fn get_within(host: Option<&str>, timeout: Duration) -> Result<Arc<Engine>> {
         static ENGINES: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
         let host = resolve_host(host);
         let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,7 +81,10 @@ impl Engine {
         if let Some(engine) = engines.iter().filter_map(Weak::upgrade).find(|e| e.host == host) {
             return Ok(engine);
         }
-        let engine = Arc::new(Engine::connect(&host)?);
+        // Not while holding the lock: engines connect concurrently (a sweep asks them all at once).
+        drop(engines);
+        let engine = Arc::new(Engine::connect(&host, timeout)?);
+        let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
         engines.push(Arc::downgrade(&engine));
         Ok(engine)
     }
@@ -85,13 +93,16 @@ impl Engine {
         &self.host
     }
 
-    fn connect(host: &str) -> Result<Engine> {
+    fn connect(host: &str, timeout: Duration) -> Result<Engine> {
         let unreachable = |reason: String| Error::DockerUnreachable { host: host.to_owned(), reason };
         let docker = Docker::connect_with_host(host).map_err(|e| unreachable(e.to_string()))?;
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::result::Result<(), String>>(1);
         // Built here, not on the engine thread, so that the descriptors building it opens are
         // known: see `retire`.
+        // One build at a time, so that the difference is this runtime's alone.
+        static BUILDING: Mutex<()> = Mutex::new(());
+        let building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let before = FdSnapshot::capture().ok();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -99,14 +110,15 @@ impl Engine {
             .build()
             .map_err(|e| unreachable(format!("could not start a tokio runtime: {e}")))?;
         let runtime_fds = before.and_then(|b| b.diff_now().ok()).map_or_else(Vec::new, |d| d.opened);
+        drop(building);
         let thread = std::thread::Builder::new()
             .name("reapkit-docker".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let docker = match tokio::time::timeout(CONNECT_TIMEOUT, negotiate(docker)).await {
+                    let docker = match tokio::time::timeout(timeout, negotiate(docker)).await {
                         Ok(Ok(docker)) => docker,
                         Ok(Err(e)) => return drop(ready_tx.send(Err(e))),
-                        Err(_) => return drop(ready_tx.send(Err(format!("no answer within {CONNECT_TIMEOUT:?}")))),
+                        Err(_) => return drop(ready_tx.send(Err(format!("no answer within {timeout:?}")))),
                     };
                     let _ = ready_tx.send(Ok(()));
                     // Each job is its own task: 50 guards tearing down at once run concurrently.

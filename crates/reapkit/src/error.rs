@@ -9,14 +9,14 @@ use std::process::ExitStatus;
 pub enum Error {
     /// The program could not be started at all (missing binary, not executable, ...).
     #[error("could not start `{program}`: {source}. {hint}")]
-    Spawn { program: String, source: std::io::Error, hint: &'static str },
+    Spawn { program: String, source: std::io::Error, hint: String },
 
     /// The ledger directory cannot be created or written.
     #[error(
-        "the reapkit ledger directory {} is not usable: {source}. \
-         Point REAPKIT_LEDGER_DIR (or `--ledger-dir`, `.ledger_dir()`) at a directory you own and can write, \
-         or fix its permissions",
-        dir.display()
+        "the reapkit ledger directory {} is not usable: {source}. {}",
+        dir.display(),
+        fd_limit_hint(source).unwrap_or_else(|| "Point REAPKIT_LEDGER_DIR (or `--ledger-dir`, `.ledger_dir()`) at a \
+            directory you own and can write, or fix its permissions".into())
     )]
     Ledger { dir: PathBuf, source: std::io::Error },
 
@@ -25,7 +25,10 @@ pub enum Error {
     Config { var: &'static str, value: String, reason: String },
 
     /// The operating system lacks something reapkit cannot work without.
-    #[error("{what} is not available: {source}. reapkit needs Linux ≥ 5.3 with /proc mounted")]
+    #[error(
+        "{what} is not available: {source}. {}",
+        fd_limit_hint(source).unwrap_or_else(|| "reapkit needs Linux ≥ 5.3 with /proc mounted".into())
+    )]
     Unsupported { what: &'static str, source: std::io::Error },
 
     /// An MCP server failed to start: it exited, wrote garbage or did not answer in time.
@@ -86,8 +89,51 @@ pub enum Error {
     BudgetExceeded { program: String, pid: i32, report: String },
 
     /// An I/O error talking to a guarded process.
-    #[error("{context}: {source}")]
+    #[error("{context}: {source}{}", fd_limit_hint(source).map_or_else(String::new, |h| format!(". {h}")))]
     Io { context: String, source: std::io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(context: &str, source: std::io::Error) -> Error {
+        Error::Io { context: context.to_owned(), source }
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE`, as text.
+fn nofile_limit() -> (String, String) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the valid pointer it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return ("?".into(), "?".into());
+    }
+    let show = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { "unlimited".to_owned() } else { v.to_string() };
+    (show(limit.rlim_cur), show(limit.rlim_max))
+}
+
+/// What to do when `e` is the descriptor limit (EMFILE: this process's; ENFILE: the system's):
+/// any other advice ("check the path", "fix its permissions") would send the user the wrong way.
+pub(crate) fn fd_limit_hint(e: &std::io::Error) -> Option<String> {
+    match e.raw_os_error()? {
+        libc::EMFILE => {
+            let (soft, hard) = nofile_limit();
+            Some(format!(
+                "This process has used up its file descriptor limit (EMFILE; `ulimit -n` is {soft}, the hard \
+                 limit {hard}). Something keeps descriptors open — a leaked guard holds its pipes, and \
+                 #[reapkit::test] names the leaked descriptors — or the limit is too low: raise it with \
+                 `ulimit -n 4096` in the shell that runs the tests (or setrlimit(RLIMIT_NOFILE))"
+            ))
+        }
+        libc::ENFILE => {
+            let max =
+                std::fs::read_to_string("/proc/sys/fs/file-max").map_or_else(|_| "?".into(), |m| m.trim().to_owned());
+            Some(format!(
+                "The system-wide file table is full (ENFILE; fs.file-max is {max}): some process on this machine \
+                 leaks descriptors. Find it (`ls /proc/*/fd | wc -l`, `reapkit ps`), or raise the limit \
+                 (`sysctl -w fs.file-max=…`)"
+            ))
+        }
+        _ => None,
+    }
 }
 
 fn indent(text: &str) -> String {

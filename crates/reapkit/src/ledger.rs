@@ -3,6 +3,12 @@
 //! What remains after a run is evidence: the sweep reads it to find leftovers whose owner
 //! died, and to name the test that leaked them. Records are written atomically (temp file +
 //! rename) so a reader never sees half a record, even if the writer is killed mid-write.
+//!
+//! A record is hostile input to its reader: anyone who can write the directory can put
+//! anything there. It is read only as a regular file of our own, opened without following a
+//! symlink and without blocking (a FIFO named `x.json` must not hang a sweep), at most
+//! [`MAX_RECORD_BYTES`] long, and its ids are checked before they name a file or reach a
+//! terminal. The owner it names is an [`OwnerId`]: a process on one boot, in one PID namespace.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,18 +17,26 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::ownership::{Owner, ENV_LEDGER_DIR};
+use crate::identity::OwnerId;
+use crate::ownership::{self, Owner, ENV_LEDGER_DIR};
 use crate::procfs::ProcId;
+
+/// The record format this reapkit writes and reads: 2 added the owner's boot and namespace.
+pub const RECORD_VERSION: u32 = 2;
+/// No record of ours is near this size; a larger file is not read at all.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// One resource in the ledger. Field names are part of the on-disk contract.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    /// Format version of this record.
+    /// Format version of this record ([`RECORD_VERSION`]).
     pub version: u32,
+    /// The guard's id; also the record's file name (`<guard>.json`).
     pub guard: String,
     pub run_id: String,
-    /// `<pid>:<starttime>` of the owning test process.
-    pub owner: String,
+    /// The owning test process, with its boot and PID namespace. A process named in
+    /// [`Resource::Process`] has its pid in that same namespace.
+    pub owner: OwnerId,
     pub owner_host: String,
     pub test: String,
     /// RFC 3339, UTC.
@@ -60,16 +74,45 @@ impl Record {
     pub fn new(guard: String, test: String, resource: Resource) -> Record {
         let owner = Owner::current();
         Record {
-            version: 1,
+            version: RECORD_VERSION,
             guard,
             run_id: owner.run_id.clone(),
-            owner: owner.marker(),
+            owner: owner.id.clone(),
             owner_host: owner.host.clone(),
             test,
             created: now_rfc3339(),
             resource,
             reaped: None,
         }
+    }
+
+    /// Checks what a parser cannot: the version, and that the ids may name a file and reach a
+    /// terminal (`file_stem`: the name it was read from, which must be its guard's).
+    pub fn validate(&self, file_stem: Option<&str>) -> Result<(), String> {
+        if self.version != RECORD_VERSION {
+            return Err(format!(
+                "record version {} (this reapkit reads {RECORD_VERSION}; version 1 has no boot or namespace \
+                 identity and proves nothing)",
+                self.version
+            ));
+        }
+        let bad = |what: &str, value: &str| format!("its {what} {:?} is malformed", crate::escape::evidence(value));
+        if !ownership::valid_id(&self.guard) {
+            return Err(bad("guard id", &self.guard));
+        }
+        if file_stem.is_some_and(|stem| stem != self.guard) {
+            return Err(format!("it names guard {:?}, not the one of its file name", self.guard));
+        }
+        if !ownership::valid_id(&self.run_id) {
+            return Err(bad("run id", &self.run_id));
+        }
+        if !ownership::valid_test_name(&self.test) {
+            return Err(bad("test name", &self.test));
+        }
+        if !ownership::valid_test_name(&self.owner_host) {
+            return Err(bad("host name", &self.owner_host));
+        }
+        Ok(())
     }
 }
 
@@ -80,11 +123,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Writes `record` atomically into the ledger directory `dir`.
+    /// Writes `record` atomically into the ledger directory `dir`. A record whose ids could
+    /// not be read back (a guard id with `/../`) is refused: it would land outside `dir`.
     pub fn write(dir: &Path, record: &Record) -> Result<Entry, Error> {
+        let ledger_err = |source| Error::Ledger { dir: dir.to_path_buf(), source };
+        record.validate(None).map_err(|e| ledger_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let path = dir.join(format!("{}.json", record.guard));
         let tmp = dir.join(format!(".{}.json.tmp", record.guard));
-        let ledger_err = |source| Error::Ledger { dir: dir.to_path_buf(), source };
         let body = serde_json::to_vec(record).map_err(|e| ledger_err(e.into()))?;
         let mut f = std::fs::File::create(&tmp).map_err(ledger_err)?;
         f.write_all(&body).map_err(ledger_err)?;
@@ -158,14 +203,50 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
     Ok(contents)
 }
 
+/// Reads one record as hostile input: a regular file of ours (no FIFO, device or symlink; opened
+/// non-blocking, so that even a FIFO swapped in after the check cannot block), bounded in size.
 fn read_record(path: &Path, uid: u32) -> Result<Record, String> {
-    use std::os::unix::fs::MetadataExt;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let owner = file.metadata().map_err(|e| e.to_string())?.uid();
-    if owner != uid {
-        return Err(format!("written by uid {owner}, not by you"));
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "it is a symlink (records are regular files)".to_owned(),
+            _ => crate::error::fd_limit_hint(&e).map_or_else(|| e.to_string(), |hint| format!("{e}. {hint}")),
+        })?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err(format!("it is not a regular file ({})", file_kind(&meta.file_type())));
     }
-    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| format!("not a reapkit record: {e}"))
+    if meta.uid() != uid {
+        return Err(format!("written by uid {}, not by you", meta.uid()));
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(format!("it is {} bytes long; a record is at most {MAX_RECORD_BYTES}", meta.len()));
+    }
+    let mut body = Vec::with_capacity(meta.len() as usize);
+    // The size may change after the check: never read more than the cap.
+    file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut body).map_err(|e| e.to_string())?;
+    if body.len() as u64 > MAX_RECORD_BYTES {
+        return Err(format!("it grew past {MAX_RECORD_BYTES} bytes while being read"));
+    }
+    let record: Record = serde_json::from_slice(&body).map_err(|e| format!("not a reapkit record: {e}"))?;
+    let stem = path.file_stem().and_then(|s| s.to_str());
+    record.validate(stem).map_err(|e| format!("not a valid reapkit record: {e}"))?;
+    Ok(record)
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match () {
+        _ if t.is_dir() => "a directory",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_char_device() || t.is_block_device() => "a device",
+        _ => "not a file",
+    }
 }
 
 /// The ledger directory `chosen`, or by default `REAPKIT_LEDGER_DIR`, else `<target dir>/reapkit`,

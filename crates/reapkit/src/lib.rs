@@ -29,7 +29,9 @@ mod container;
 #[cfg(feature = "docker")]
 mod docker_engine;
 mod error;
+pub mod escape;
 mod fd_snapshot;
+pub mod identity;
 pub mod ledger;
 #[cfg(feature = "mcp")]
 mod mcp;
@@ -48,12 +50,13 @@ pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
 #[cfg(feature = "docker")]
 pub use container::{
     Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
-    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_TEST,
+    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
 };
 #[cfg(feature = "docker")]
 pub use docker_engine::DEFAULT_DOCKER_HOST;
 pub use error::{Error, Result};
 pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
+pub use identity::OwnerId;
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 pub use process::{

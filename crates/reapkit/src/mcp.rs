@@ -1,13 +1,16 @@
 //! [`McpServer`]: a [`ProcessGuard`] that speaks MCP over stdio.
 //!
-//! The transport is newline-delimited JSON-RPC 2.0 on the child's stdin and stdout. Reads
-//! wait with `poll` against a deadline on the raw pipe (no reader thread, no sleeps), so a
-//! silent server is a [`Error::Timeout`] and a dead one a [`Error::ServerGone`], never a hang.
-//! Shutdown follows the spec's order because it *is* the guard's protocol: close stdin first.
+//! The transport is newline-delimited JSON-RPC 2.0 on the child's stdin and stdout. Both pipes
+//! are non-blocking and every wait is one `poll` on both against a deadline (no reader thread,
+//! no sleeps): while a write waits for the server to read, its output is still drained and its
+//! requests still answered, so a server that writes without reading cannot deadlock us. A
+//! silent server is an [`Error::Timeout`] and a dead one an [`Error::ServerGone`], never a
+//! hang. Shutdown follows the spec's order because it *is* the guard's protocol: close stdin
+//! first.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -28,6 +31,8 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A line longer than this is not a message of any sane server; stop before eating memory.
 const MAX_LINE: usize = 64 * 1024 * 1024;
+/// Bytes waiting for a server that does not read its stdin; past this it is gone for us.
+const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 /// Builds an [`McpServer`] from a [`ProcessBuilder`]: `ProcessGuard::builder(cmd).mcp()`.
 #[derive(Debug)]
@@ -76,9 +81,13 @@ impl McpBuilder {
         let deadline = sys::deadline_in(self.startup_timeout);
         let mut guard = self.process.stdout(Stdio::piped()).spawn()?;
         let stdout = guard.take_stdout().expect("stdout was just piped");
+        for fd in [stdout.as_fd(), guard.stdin().expect("stdin is always piped").as_fd()] {
+            sys::set_nonblocking(fd)
+                .map_err(|source| Error::Io { context: "making the server's pipes non-blocking".into(), source })?;
+        }
         let mut server = McpServer {
             guard,
-            stdout: LineReader { pipe: stdout, buf: Vec::with_capacity(8192) },
+            stdout: LineReader::new(stdout),
             next_id: 1,
             request_timeout: self.request_timeout,
             initialize: Value::Null,
@@ -137,9 +146,12 @@ impl McpServer {
         self.exchange(method, params, deadline).map_err(|f| self.failure(method, f))
     }
 
-    /// Sends a notification (no answer expected).
+    /// Sends a notification (no answer expected); returns once it is written, at most after
+    /// the request timeout.
     pub fn notify(&mut self, method: &str, params: Value) -> Result<()> {
-        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params})).map_err(|f| self.failure(method, f))
+        let deadline = sys::deadline_in(self.request_timeout);
+        self.queue(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+        self.flush(deadline).map_err(|f| self.failure(method, f))
     }
 
     /// `ping`: the server answers with an empty result.
@@ -191,7 +203,8 @@ impl McpServer {
                 "the server wants protocol version {version:?}; reapkit speaks {SUPPORTED_PROTOCOL_VERSIONS:?}"
             )));
         }
-        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+        self.queue(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        self.flush(deadline)?;
         Ok(init)
     }
 
@@ -200,9 +213,10 @@ impl McpServer {
     fn exchange(&mut self, method: &str, params: Value, deadline: Instant) -> std::result::Result<Value, Failure> {
         let id = self.next_id;
         self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
+        self.queue(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
         loop {
-            let line = self.stdout.read_line(deadline)?;
+            let stdin = self.guard.stdin().ok_or(Failure::Gone("its stdin is already closed".into()))?;
+            let line = self.stdout.read_line(stdin, deadline)?;
             let msg: Value = serde_json::from_slice(&line).map_err(|_| {
                 Failure::Protocol(format!("wrote a line that is not JSON-RPC: {:?}", String::from_utf8_lossy(&line)))
             })?;
@@ -227,6 +241,7 @@ impl McpServer {
         }
     }
 
+    /// Queues the answer to a server-to-client request; it goes out with the next wait.
     fn answer_server_request(&mut self, msg: &Value) -> std::result::Result<(), Failure> {
         let Some(id) = msg.get("id") else { return Ok(()) }; // a notification
         let reply = if msg["method"] == "ping" {
@@ -234,17 +249,22 @@ impl McpServer {
         } else {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "reapkit's test client does not support this method"}})
         };
-        self.send(&reply)
+        self.queue(&reply);
+        Ok(())
     }
 
-    fn send(&mut self, msg: &Value) -> std::result::Result<(), Failure> {
+    /// Queues a message for the server; every wait writes what it can of the queue.
+    fn queue(&mut self, msg: &Value) {
         let mut line = serde_json::to_vec(msg).expect("a JSON value always serializes");
         line.push(b'\n');
+        self.stdout.pending.extend_from_slice(&line);
+    }
+
+    /// Writes the whole queue, by `deadline`, reading (and keeping) what the server writes
+    /// meanwhile, so that a server blocked on its own output still gets to read ours.
+    fn flush(&mut self, deadline: Instant) -> std::result::Result<(), Failure> {
         let stdin = self.guard.stdin().ok_or(Failure::Gone("its stdin is already closed".into()))?;
-        stdin
-            .write_all(&line)
-            .and_then(|()| stdin.flush())
-            .map_err(|e| Failure::Gone(format!("writing to its stdin failed: {e}")))
+        self.stdout.pump(stdin, deadline, Until::Flushed)
     }
 
     /// Turns a failure after the handshake into the user-facing error.
@@ -287,41 +307,104 @@ enum Failure {
     Rpc { code: i64, message: String, data: Option<Value> },
 }
 
-/// Reads newline-delimited messages from the server's stdout against a deadline.
+/// The server's pipes: newline-delimited messages read from its stdout, bytes queued for its
+/// stdin, both moved by one `poll` against a deadline.
 #[derive(Debug)]
 struct LineReader {
     pipe: ChildStdout,
     buf: Vec<u8>,
+    /// Where the unread part of `buf` starts (lines are consumed from the front without moving
+    /// the rest each time: a flood of small messages stays linear).
+    start: usize,
+    /// Bytes for the server's stdin, not yet written.
+    pending: Vec<u8>,
+}
+
+/// What a wait on the pipes waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// A whole line from the server (the queue is written meanwhile, as far as it goes).
+    Line,
+    /// The whole queue written (what the server writes meanwhile is kept for later).
+    Flushed,
 }
 
 impl LineReader {
-    /// The next line without its newline; blank lines are skipped.
-    fn read_line(&mut self, deadline: Instant) -> std::result::Result<Vec<u8>, Failure> {
+    fn new(pipe: ChildStdout) -> LineReader {
+        LineReader { pipe, buf: Vec::with_capacity(8192), start: 0, pending: Vec::new() }
+    }
+
+    /// The next line without its newline; blank lines are skipped. However fast the server
+    /// writes, this returns by `deadline`.
+    fn read_line(&mut self, stdin: &mut ChildStdin, deadline: Instant) -> std::result::Result<Vec<u8>, Failure> {
         loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Ok(line);
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(Failure::Protocol(format!("wrote more than {MAX_LINE} bytes without a newline")));
-            }
-            if !sys::wait_readable(self.pipe.as_fd(), deadline) {
+            if Instant::now() >= deadline {
                 return Err(Failure::Timeout);
             }
-            let mut chunk = [0u8; 8192];
-            // poll said readable: this read returns at once (data or EOF).
-            match self.pipe.read(&mut chunk) {
-                Ok(0) => return Err(Failure::Gone("it closed its stdout (exited?)".into())),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Failure::Gone(format!("reading its stdout failed: {e}"))),
+            self.pump(stdin, deadline, Until::Line)?;
+            let unread = &self.buf[self.start..];
+            let end = unread.iter().position(|&b| b == b'\n').expect("pump returns with a whole line");
+            let mut line = unread[..end].to_vec();
+            self.start += end + 1;
+            if self.start * 2 > self.buf.len() {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Moves bytes both ways until `until` holds or `deadline` passes.
+    fn pump(&mut self, stdin: &mut ChildStdin, deadline: Instant, until: Until) -> std::result::Result<(), Failure> {
+        loop {
+            let done = match until {
+                Until::Line => self.buf[self.start..].contains(&b'\n'),
+                Until::Flushed => self.pending.is_empty(),
+            };
+            if done {
+                return Ok(());
+            }
+            // Checked here, not only by `poll`: a pipe that is always ready never times out.
+            if Instant::now() >= deadline {
+                return Err(Failure::Timeout);
+            }
+            if self.buf.len() - self.start > MAX_LINE {
+                return Err(Failure::Protocol(match until {
+                    Until::Line => format!("wrote more than {MAX_LINE} bytes without a newline"),
+                    Until::Flushed => format!("wrote more than {MAX_LINE} bytes while not reading its stdin"),
+                }));
+            }
+            if self.pending.len() > MAX_PENDING {
+                return Err(Failure::Gone(format!(
+                    "it stopped reading its stdin: {} bytes of ours are waiting",
+                    self.pending.len()
+                )));
+            }
+            let writing = !self.pending.is_empty();
+            let (readable, writable) = sys::wait_pipes(self.pipe.as_fd(), writing.then(|| stdin.as_fd()), deadline);
+            if !readable && !writable {
+                return Err(Failure::Timeout);
+            }
+            if writable {
+                match stdin.write(&self.pending) {
+                    Ok(n) => drop(self.pending.drain(..n)),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                    Err(e) => return Err(Failure::Gone(format!("writing to its stdin failed: {e}"))),
+                }
+            }
+            if readable {
+                let mut chunk = [0u8; 8192];
+                match self.pipe.read(&mut chunk) {
+                    Ok(0) => return Err(Failure::Gone("it closed its stdout (exited?)".into())),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                    Err(e) => return Err(Failure::Gone(format!("reading its stdout failed: {e}"))),
+                }
             }
         }
     }

@@ -8,11 +8,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use crate::identity::OwnerId;
 use crate::procfs::ProcId;
 
 /// The run: `NEXTEST_RUN_ID`, or the one `cargo xtask`/`reapkit run` set, or one per process.
 pub const ENV_RUN_ID: &str = "REAPKIT_RUN_ID";
-/// `<pid>:<starttime>` of the owning test process.
+/// The owning test process: `<pid>:<starttime>:<pid namespace inode>:<boot id>` (see
+/// [`OwnerId`]), so that neither a pid namespace nor a reboot can make another process match.
 pub const ENV_OWNER: &str = "REAPKIT_OWNER";
 /// The id of the guard that spawned the process.
 pub const ENV_GUARD: &str = "REAPKIT_GUARD";
@@ -24,10 +26,10 @@ pub const ENV_LEDGER_DIR: &str = "REAPKIT_LEDGER_DIR";
 pub const ENV_WATCHDOG: &str = "REAPKIT_WATCHDOG";
 /// The watchdog's SIGTERM-to-SIGKILL grace when its owner dies (humantime, default 1 s).
 pub const ENV_WATCHDOG_GRACE: &str = "REAPKIT_WATCHDOG_GRACE";
-/// Set on the watchdog process only: the `<pid>:<starttime>` it watches. It is what makes a
+/// Set on the watchdog process only: the owner (an [`OwnerId`]) it watches. It is what makes a
 /// re-executed test binary a watchdog, and what tells sweeps that a process is a watchdog.
 pub const ENV_WATCHDOG_OWNER: &str = "REAPKIT_WATCHDOG_OWNER";
-/// `<pid>:<starttime>` of a `reapkit run`/`reapkit wrap` supervising this process: the
+/// The [`OwnerId`] of a `reapkit run`/`reapkit wrap` supervising this process: the
 /// watchdog of a test it supervises directly leaves the clean-up to it while it lives.
 pub const ENV_SUPERVISOR: &str = "REAPKIT_SUPERVISOR";
 
@@ -35,7 +37,7 @@ pub const ENV_SUPERVISOR: &str = "REAPKIT_SUPERVISOR";
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub run_id: String,
-    pub id: ProcId,
+    pub id: OwnerId,
     pub host: String,
 }
 
@@ -44,22 +46,60 @@ impl Owner {
     pub fn current() -> &'static Owner {
         static OWNER: OnceLock<Owner> = OnceLock::new();
         OWNER.get_or_init(|| {
-            let pid = std::process::id() as i32;
-            // Our own stat is always readable; 0 only if /proc is missing, which spawn reports.
-            let id = ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 });
+            // Our own stat is always readable; a start time of 0 only if /proc is missing, which
+            // spawn reports (`Viewpoint::usable`) before anything carries this identity.
+            let id = OwnerId::of_self()
+                .unwrap_or_else(|| OwnerId::here(ProcId { pid: std::process::id() as i32, start_time: 0 }));
             Owner { run_id: run_id(), id, host: hostname() }
         })
     }
 
-    /// `REAPKIT_OWNER`'s value: `<pid>:<starttime>`.
+    /// `REAPKIT_OWNER`'s value: `<pid>:<starttime>:<pidns>:<boot id>`.
     pub fn marker(&self) -> String {
         self.id.to_string()
     }
 }
 
 fn run_id() -> String {
-    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let from_env = |k: &str| {
+        let value = std::env::var(k).ok().filter(|v| !v.is_empty())?;
+        if valid_id(&value) {
+            return Some(value);
+        }
+        crate::teardown::warn(&format!(
+            "reapkit: ignoring {k}={:?}: a run id is 1 to 128 letters, digits and `._-+@:`",
+            crate::escape::evidence(&value)
+        ));
+        None
+    };
     from_env(ENV_RUN_ID).or_else(|| from_env("NEXTEST_RUN_ID")).unwrap_or_else(fresh_run_id)
+}
+
+/// Whether `s` may be a run or guard id: ids name ledger files and reach terminals, so they are
+/// 1 to 128 ASCII letters, digits and `._-+@:`, and never start with a dot.
+pub fn valid_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+@:".contains(&b))
+}
+
+/// Whether `s` may be a test name: at most 1024 bytes, no control characters.
+pub fn valid_test_name(s: &str) -> bool {
+    s.len() <= MAX_TEST_NAME && s == crate::escape::evidence(s)
+}
+
+const MAX_TEST_NAME: usize = 1024;
+
+/// `name` made a valid test name: control characters replaced, cut at 1024 bytes.
+pub(crate) fn sanitized_test_name(name: &str) -> String {
+    if valid_test_name(name) {
+        return name.to_owned();
+    }
+    let mut out: String = crate::escape::evidence(name).into_owned();
+    while out.len() > MAX_TEST_NAME {
+        out.pop();
+    }
+    out
 }
 
 /// A new run id: a random UUID from the kernel's generator (no RNG crate for one value).
@@ -78,11 +118,12 @@ pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
-/// A new guard id, unique on this machine: owner pid, owner start time, sequence number.
+/// A new guard id, unique on this machine: owner pid, start time and PID namespace (pids of
+/// two containers collide), sequence number.
 pub fn next_guard_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let owner = Owner::current();
-    format!("g{}-{}-{}", owner.id.pid, owner.id.start_time, NEXT.fetch_add(1, Ordering::Relaxed))
+    let id = &Owner::current().id;
+    format!("g{}-{}-{}-{}", id.process.pid, id.process.start_time, id.pidns, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The name of the test running on this thread.
@@ -91,9 +132,15 @@ pub fn next_guard_id() -> String {
 /// the test's thread after the test's full path, which is the fallback.
 pub fn current_test_name() -> String {
     if let Ok(name) = std::env::var("NEXTEST_TEST_NAME") {
-        return name;
+        return sanitized_test_name(&name);
     }
-    std::thread::current().name().unwrap_or("unknown").to_owned()
+    sanitized_test_name(std::thread::current().name().unwrap_or("unknown"))
+}
+
+/// The supervisor (`reapkit run`/`wrap`) this process runs under, as its environment says: a
+/// label for what it creates, never a proof on its own.
+pub fn supervisor() -> Option<OwnerId> {
+    std::env::var(ENV_SUPERVISOR).ok()?.parse().ok()
 }
 
 /// Makes this process the child subreaper for its descendants, once.

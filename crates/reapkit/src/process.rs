@@ -141,6 +141,10 @@ impl ProcessBuilder {
 
     /// Starts the child. Nothing is left behind on error: a child that started is torn down.
     pub fn spawn(mut self) -> Result<ProcessGuard> {
+        crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
+            what: "a /proc of this PID namespace",
+            source: std::io::Error::other(why.to_owned()),
+        })?;
         let scope = Attachment::current();
         let env_graces = Graces::from_env()?;
         // The builder's word first, then the test scope's, then the environment's.
@@ -181,6 +185,9 @@ impl ProcessBuilder {
                 // Without a pidfd we cannot tear down safely: undo the spawn and say why.
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
                 let _ = child.wait();
+                if crate::error::fd_limit_hint(&source).is_some() {
+                    return Err(spawn_error(&program, source));
+                }
                 return Err(Error::Unsupported { what: "pidfd_open", source });
             }
         };
@@ -218,11 +225,14 @@ impl ProcessBuilder {
 }
 
 fn spawn_error(program: &str, source: std::io::Error) -> Error {
-    let hint = match source.kind() {
-        std::io::ErrorKind::NotFound => "Is it installed? A bare name is looked up in PATH; give a path otherwise",
-        std::io::ErrorKind::PermissionDenied => "Is the file executable (chmod +x) and its directory searchable?",
-        _ => "Check the program path, its arguments and the working directory",
-    };
+    let hint = crate::error::fd_limit_hint(&source).unwrap_or_else(|| {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => "Is it installed? A bare name is looked up in PATH; give a path otherwise",
+            std::io::ErrorKind::PermissionDenied => "Is the file executable (chmod +x) and its directory searchable?",
+            _ => "Check the program path, its arguments and the working directory",
+        }
+        .to_owned()
+    });
     Error::Spawn { program: program.to_owned(), source, hint }
 }
 

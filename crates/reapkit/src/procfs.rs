@@ -241,6 +241,9 @@ pub struct MarkerScan {
     uid: u32,
     /// This process and its ancestors, looked up on the first full scan only.
     protected: Option<Vec<i32>>,
+    /// The first time a file could not be opened for want of descriptors: the scan then saw
+    /// only part of the machine.
+    exhausted: Option<io::Error>,
 }
 
 impl Default for MarkerScan {
@@ -251,7 +254,7 @@ impl Default for MarkerScan {
 
 impl MarkerScan {
     pub fn new() -> MarkerScan {
-        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid: my_uid(), protected: None }
+        MarkerScan { buf: Vec::with_capacity(16 * 1024), uid: my_uid(), protected: None, exhausted: None }
     }
 
     /// All live processes carrying `entry` in their environment.
@@ -292,9 +295,22 @@ impl MarkerScan {
         self.environ_matches(pid, |environ| environ_has(environ, entry)) && is_ours(pid)
     }
 
+    /// Why the last scans may have missed processes: the descriptor limit was hit.
+    pub fn exhausted(&self) -> Option<&io::Error> {
+        self.exhausted.as_ref()
+    }
+
     fn environ_matches(&mut self, pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
         let path = format!("/proc/{pid}/environ");
-        let Ok(mut f) = File::open(&path) else { return false };
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    self.exhausted.get_or_insert(e);
+                }
+                return false;
+            }
+        };
         // fstat on the open file: the uid of the very process whose environ we read.
         if !f.metadata().is_ok_and(|m| m.uid() == self.uid) {
             return false;

@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{Error, Result};
+use crate::identity::OwnerId;
 use crate::ownership::{self, Owner, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR};
 use crate::process::Member;
 use crate::procfs::ProcId;
@@ -59,7 +60,11 @@ pub fn exit_code(status: ExitStatus, report: &Report) -> i32 {
 /// blocked in the calling thread and unblocked in the command.
 pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) -> Sweep) -> Result<Ended> {
     ownership::become_subreaper();
-    let me = ProcId::of(std::process::id() as i32)
+    crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
+        what: "a /proc of this PID namespace",
+        source: std::io::Error::other(why.to_owned()),
+    })?;
+    let me = OwnerId::of_self()
         .ok_or_else(|| Error::Unsupported { what: "/proc/self/stat", source: std::io::ErrorKind::NotFound.into() })?;
     cmd.env(ENV_SUPERVISOR, me.to_string());
     match &mode {
@@ -91,8 +96,9 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
     };
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program,
+        hint: crate::error::fd_limit_hint(&source)
+            .unwrap_or_else(|| "Check the command after `--`: is it installed and on PATH?".into()),
         source,
-        hint: "check the command after `--`: is it installed and on PATH?",
     })?;
     let pid = child.id() as i32;
     // Not yet waited for, so the pid is still this child's.
@@ -114,10 +120,10 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
     }
     let status = child.wait().map_err(|source| Error::Io { context: "waiting for the command".into(), source })?;
     let scope = match mode {
-        Supervision::Run { run_id } => Scope::Run(run_id),
-        Supervision::Wrap => Scope::Owner(child_id),
+        Supervision::Run { run_id } => Scope::Run { run_id, supervisor: me },
+        Supervision::Wrap => Scope::Wrapped { test: OwnerId::here(child_id) },
     };
-    let mut findings = sweep(scope).supervising().find();
+    let mut findings = sweep(scope).find();
     if let Some(culprit) = culprit {
         findings.attribute(&culprit);
     }

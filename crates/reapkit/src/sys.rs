@@ -99,6 +99,29 @@ pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> Ve
     }
 }
 
+/// Waits until `read` is readable or `write` (if any) is writable, or `deadline` passes.
+/// Returns (readable, writable); a hang-up or error counts as ready, so the caller's read or
+/// write sees it. Both `false` means the deadline passed.
+pub(crate) fn wait_pipes(read: BorrowedFd<'_>, write: Option<BorrowedFd<'_>>, deadline: Instant) -> (bool, bool) {
+    let mut polled = vec![libc::pollfd { fd: read.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    if let Some(w) = write {
+        polled.push(libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+    }
+    loop {
+        // SAFETY: `polled` is a valid array of pollfd of the given length.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout_ms(deadline)) };
+        if rc > 0 {
+            return (polled[0].revents != 0, polled.get(1).is_some_and(|p| p.revents != 0));
+        }
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return (true, write.is_some());
+        }
+        if rc == 0 && Instant::now() >= deadline {
+            return (false, false);
+        }
+    }
+}
+
 /// Waits until `fd` is readable or `deadline` passes; `true` if readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
     wait_all_readable(&[fd], deadline) == 0

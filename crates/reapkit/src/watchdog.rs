@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::identity::OwnerId;
 use crate::ledger;
 use crate::ownership::{
     Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
@@ -100,10 +101,10 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
 
 /// The supervisor (`reapkit wrap`/`run`) named in our environment, if it is our parent: only
 /// then is our death its business. Nested test processes inherit the variable but not the role.
-fn direct_supervisor() -> Option<ProcId> {
-    let named: ProcId = std::env::var(ENV_SUPERVISOR).ok()?.parse().ok()?;
+fn direct_supervisor() -> Option<OwnerId> {
+    let named = crate::ownership::supervisor()?;
     let parent = Stat::read(std::process::id() as i32).ok()?.ppid;
-    (ProcId::of(parent) == Some(named)).then_some(named)
+    (ProcId::of(parent).map(OwnerId::here) == Some(named.clone())).then_some(named)
 }
 
 /// The watchdog's `main`, run before the real one when `REAPKIT_WATCHDOG_OWNER` is set.
@@ -115,10 +116,14 @@ fn watchdog_entry() {
 }
 
 fn watch(owner: &str) -> i32 {
-    let Ok(owner) = owner.parse::<ProcId>() else { return 2 };
-    wait_for_death(owner);
-    if let Some(supervisor) = std::env::var(ENV_SUPERVISOR).ok().and_then(|s| s.parse::<ProcId>().ok()) {
-        wait_for_death(supervisor);
+    // Our owner is our parent: same boot, same namespace. Anything else is not ours to watch.
+    let Ok(owner) = owner.parse::<OwnerId>() else { return 2 };
+    if owner != OwnerId::here(owner.process) {
+        return 2;
+    }
+    wait_for_death(owner.process);
+    if let Some(supervisor) = crate::ownership::supervisor().filter(|s| *s == OwnerId::here(s.process)) {
+        wait_for_death(supervisor.process);
     }
     let grace = std::env::var(ENV_WATCHDOG_GRACE)
         .ok()

@@ -40,6 +40,11 @@
 //!   server that prints a banner to stdout. Reading continues.
 //! * `--exit-after-init`: answer `initialize`, then exit 4 at once, like a
 //!   server that dies as soon as the handshake starts.
+//! * `--flood-pings`: never read stdin; write server-to-client `ping` requests
+//!   to stdout as fast as the pipe takes them, like a server stuck in a loop.
+//!   A client that writes to it without a deadline blocks forever.
+//! * `--flood-pings-after-init`: answer `initialize`, then do as
+//!   `--flood-pings`: a server that stops reading in the middle of a session.
 //! * `--sleep-forever` (internal): block forever without reading stdin. The
 //!   children of `--children`, `--escape` and `spawn_child` run this mode.
 //! * `--daemonize` (internal): call `setsid()`, start a `--sleep-forever`
@@ -61,7 +66,7 @@ use serde_json::{json, Value};
 
 const USAGE: &str = "usage: fixture-server [--ignore-eof] [--ignore-sigterm] [--children N] \
 [--escape] [--crash-at-start] [--stderr-mb N] [--delay-ms N] [--leak-fds K] [--garbage] \
-[--exit-after-init] [--sleep-forever] [--daemonize]";
+[--exit-after-init] [--flood-pings] [--flood-pings-after-init] [--sleep-forever] [--daemonize]";
 
 /// The command-line flags; see the module documentation.
 #[derive(Default)]
@@ -76,6 +81,8 @@ struct Config {
     leak_fds: usize,
     garbage: bool,
     exit_after_init: bool,
+    flood_pings: bool,
+    flood_pings_after_init: bool,
     sleep_forever: bool,
     daemonize: bool,
 }
@@ -97,6 +104,8 @@ impl Config {
                 "--leak-fds" => cfg.leak_fds = number(&flag, args.next()),
                 "--garbage" => cfg.garbage = true,
                 "--exit-after-init" => cfg.exit_after_init = true,
+                "--flood-pings" => cfg.flood_pings = true,
+                "--flood-pings-after-init" => cfg.flood_pings_after_init = true,
                 "--sleep-forever" => cfg.sleep_forever = true,
                 "--daemonize" => cfg.daemonize = true,
                 _ => usage_error(&format!("unknown flag {flag:?}")),
@@ -259,6 +268,9 @@ impl Server {
             });
         }
 
+        if method == "initialize" && self.cfg.flood_pings_after_init {
+            flood_pings();
+        }
         if method == "initialize" && self.cfg.exit_after_init {
             eprintln!("fixture-server: exiting after initialize as asked (--exit-after-init)");
             process::exit(4);
@@ -362,6 +374,15 @@ fn escape(exe: &Path, ignore_sigterm: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `--flood-pings`: server-to-client pings until the client goes away (EPIPE exits 0); stdin
+/// is never read again.
+fn flood_pings() -> ! {
+    for id in 1u64.. {
+        send(&json!({"jsonrpc": "2.0", "id": format!("flood-{id}"), "method": "ping"}));
+    }
+    unreachable!("pings until EPIPE")
+}
+
 fn main() {
     let cfg = Config::from_args();
 
@@ -408,6 +429,9 @@ fn main() {
     if cfg.crash_at_start {
         eprintln!("fixture-server: crashing at start as asked (--crash-at-start)");
         process::exit(3);
+    }
+    if cfg.flood_pings {
+        flood_pings();
     }
 
     let mut server = Server { cfg, exe, leaked: Vec::new() };

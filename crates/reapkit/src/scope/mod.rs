@@ -306,7 +306,7 @@ impl ScopeBuilder {
             .iter()
             .map(|p| LeakPattern::parse(p).unwrap_or_else(|e| panic!("reapkit: bad allow pattern: {e}")))
             .collect();
-        let test = self.name.clone().unwrap_or_else(ownership::current_test_name);
+        let test = self.name.as_deref().map_or_else(ownership::current_test_name, ownership::sanitized_test_name);
         let isolation = Isolation::detect(self.serialized);
         let shared = Arc::new(Shared {
             test,
@@ -524,7 +524,7 @@ impl TestScope {
     /// Ends whatever carries the test's marker, record or labels — guards still alive,
     /// escapees — by the sweep's protocol, and names it.
     fn sweep(&self, registered: &Registered, report: &mut LeakReport) {
-        let scope = Scope::Test { owner: Owner::current().id, test: self.shared.test.clone() };
+        let scope = Scope::Test { owner: Owner::current().id.clone(), test: self.shared.test.clone() };
         let grace = self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE);
         for (i, dir) in registered.ledger_dirs.iter().enumerate() {
             // Labels are looked up once, on the first engine; records name their own engines.

@@ -13,15 +13,20 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 
-use crate::container::{self, LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_TEST};
+use crate::container::{
+    self, LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
+};
 use crate::docker_engine::{Engine, DEFAULT_DOCKER_HOST};
 use crate::error::Result;
+use crate::escape::evidence;
+use crate::identity::OwnerId;
 use crate::ledger::{Record, Resource};
+use crate::ownership;
 
-use super::report::{Action, FoundBy, Health, Leak, LeakKind};
-use super::{age_of, processes, DockerCheck, Findings, Scope, Sweep, Target};
+use super::report::{Action, FoundBy, Leak, LeakKind};
+use super::{age_of, Claim, DockerCheck, Findings, Sweep, Target, Verdict};
 
-/// One engine call's worth of time (list, or remove everything found).
+/// One engine call's worth of time (remove everything found).
 const CALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// A labelled Docker object the sweep may remove.
@@ -36,30 +41,35 @@ pub(super) struct Object {
 /// What a label listing returns: kind, id, description, labels.
 type Listed = (LeakKind, String, Option<String>, HashMap<String, String>);
 
-/// Lists the labelled objects of every engine to check and adds those in scope to `f`.
+/// Lists the labelled objects of every engine to check — all at once, under one deadline — and
+/// adds those in scope to `f`.
 pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findings) {
-    let mut hosts: Vec<String> = match &sweep.docker {
-        DockerCheck::Off => {
-            if !records.is_empty() {
-                f.notes
-                    .push(format!("Docker not checked (--no-docker): {} container records left alone", records.len()));
-            }
-            return;
-        }
-        DockerCheck::Auto => configured_host().into_iter().collect(),
-        DockerCheck::Host(h) => vec![h.clone()],
-        DockerCheck::RecordsOnly => Vec::new(),
+    let (mut hosts, records_too) = match &sweep.docker {
+        DockerCheck::Off => (Vec::new(), false),
+        DockerCheck::Auto => (configured_host().into_iter().collect(), true),
+        DockerCheck::Host(h) => (vec![h.clone()], false),
+        DockerCheck::HostAndRecords(h) => (vec![h.clone()], true),
+        DockerCheck::RecordsOnly => (Vec::new(), true),
     };
+    let mut left_alone = 0;
     for (_, r) in &records {
         if let Resource::Container { docker_host, .. } = &r.resource {
-            if !hosts.contains(docker_host) {
+            if hosts.contains(docker_host) {
+                continue;
+            }
+            if records_too {
                 hosts.push(docker_host.clone());
+            } else {
+                left_alone += 1;
             }
         }
     }
+    if left_alone > 0 {
+        let why = if sweep.docker == DockerCheck::Off { "--no-docker" } else { "--docker-host names another engine" };
+        f.notes.push(format!("Docker not checked ({why}): {left_alone} container records left alone"));
+    }
     let mut records = records;
-    for host in hosts {
-        let listed = Engine::get(Some(&host)).and_then(|e| e.run(CALL_LIMIT, "listing reapkit objects", list));
+    for (host, listed) in list_all(hosts, sweep.docker_timeout) {
         let listed = match listed {
             Ok(listed) => listed,
             Err(e) => {
@@ -70,40 +80,7 @@ pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findi
         let mut ids = Vec::new();
         for (kind, id, what, labels) in listed {
             ids.push(id.clone());
-            let label = |k: &str| labels.get(k).cloned();
-            let same_host = label(LABEL_OWNER_HOST).as_deref() == Some(f.host.as_str());
-            let in_scope = (same_host || !matches!(sweep.scope, Scope::DeadOwners { .. }))
-                && sweep.scope.includes(
-                    label(LABEL_RUN_ID).as_deref(),
-                    label(LABEL_OWNER).as_deref(),
-                    label(LABEL_TEST).as_deref(),
-                );
-            if !in_scope {
-                continue;
-            }
-            let record = take_record(&mut records, &id);
-            let owner_dead = label(LABEL_OWNER).as_deref().and_then(processes::owner_is_dead);
-            f.leaks.push(Leak {
-                kind,
-                test: label(LABEL_TEST),
-                run_id: label(LABEL_RUN_ID),
-                age_s: label(LABEL_CREATED).as_deref().and_then(age_of),
-                action: Action::WouldReap,
-                found_by: if record.is_some() { FoundBy::Ledger } else { FoundBy::Label },
-                health: if owner_dead == Some(true) { Health::Orphaned } else { Health::Running },
-                pid: None,
-                id: Some(id.clone()),
-                owner: label(LABEL_OWNER),
-                guard: label(LABEL_GUARD),
-                command: what,
-                cwd: None,
-                rss_bytes: None,
-                fds: None,
-                threads: None,
-                exe: None,
-                detail: Some(format!("on {host}")),
-            });
-            f.targets.push(Target::Docker(Object { host: host.clone(), kind, id, record }));
+            push_object(f, &mut records, &host, kind, id, what, &labels);
         }
         // A record of a container this engine no longer has is stale.
         records.retain(|(path, r)| match &r.resource {
@@ -114,6 +91,130 @@ pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findi
             _ => true,
         });
     }
+}
+
+/// Judges one labelled object by what its labels claim, and adds it to `f` if it is in scope.
+fn push_object(
+    f: &mut Findings,
+    records: &mut Vec<(PathBuf, Record)>,
+    host: &str,
+    kind: LeakKind,
+    id: String,
+    what: Option<String>,
+    labels: &HashMap<String, String>,
+) {
+    let label = |k: &str| labels.get(k).map(String::as_str);
+    let labels_ok = (|| {
+        let owner =
+            label(LABEL_OWNER).map(str::parse::<OwnerId>).transpose().map_err(|e| format!("{LABEL_OWNER}: {e}"))?;
+        let supervisor = label(LABEL_SUPERVISOR)
+            .map(str::parse::<OwnerId>)
+            .transpose()
+            .map_err(|e| format!("{LABEL_SUPERVISOR}: {e}"))?;
+        for key in [LABEL_RUN_ID, LABEL_GUARD] {
+            if let Some(v) = label(key).filter(|v| !ownership::valid_id(v)) {
+                return Err(format!("{key}={:?} is not a reapkit id", evidence(v)));
+            }
+        }
+        for key in [LABEL_TEST, LABEL_OWNER_HOST] {
+            if let Some(v) = label(key).filter(|v| !ownership::valid_test_name(v)) {
+                return Err(format!("{key}={:?} is malformed", evidence(v)));
+            }
+        }
+        Ok((owner, supervisor))
+    })();
+    let (owner, supervisor) = match labels_ok {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            if f.judge.scope.machine_wide() {
+                f.unchecked.push(format!(
+                    "{kind:?} {id} on {host} carries malformed reapkit labels ({why}): reapkit never wrote them; \
+                     not touched"
+                ));
+            }
+            return;
+        }
+    };
+    let claim = Claim {
+        run_id: label(LABEL_RUN_ID),
+        owner: owner.as_ref(),
+        test: label(LABEL_TEST),
+        host: label(LABEL_OWNER_HOST),
+        supervisor: supervisor.as_ref(),
+    };
+    let owner_health = match f.judge.verdict(&claim) {
+        Verdict::Take(health) => health,
+        Verdict::Leave => return,
+        Verdict::Unchecked(why) => {
+            f.unchecked
+                .push(format!("{kind:?} {id} on {host} of test {}: {why}; not touched", claim.test.unwrap_or("?")));
+            return;
+        }
+        Verdict::Collision => {
+            f.notes.push(format!(
+                "{kind:?} {id} on {host} carries this run's id but was not created under this supervisor: \
+                 another job's (a run-id collision); not touched"
+            ));
+            return;
+        }
+    };
+    let record = take_record(records, &id);
+    f.leaks.push(Leak {
+        kind,
+        test: claim.test.map(str::to_owned),
+        run_id: claim.run_id.map(str::to_owned),
+        age_s: label(LABEL_CREATED).and_then(age_of),
+        action: Action::WouldReap,
+        found_by: if record.is_some() { FoundBy::Ledger } else { FoundBy::Label },
+        health: owner_health.health(),
+        pid: None,
+        id: Some(id.clone()),
+        owner: owner.as_ref().map(OwnerId::to_string),
+        guard: label(LABEL_GUARD).map(str::to_owned),
+        command: what,
+        cwd: None,
+        rss_bytes: None,
+        fds: None,
+        threads: None,
+        exe: None,
+        detail: Some(format!("on {host}")),
+    });
+    f.targets.push(Target::Docker(Object { host: host.to_owned(), kind, id, record }));
+}
+
+/// Lists every engine in `hosts` concurrently, each on a thread of its own, and collects what
+/// answered within `timeout`; an engine that did not is an error of its own, not a wait.
+fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Result<Vec<Listed>>)> {
+    let deadline = std::time::Instant::now() + timeout;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for host in &hosts {
+        let (sender, name) = (tx.clone(), host.clone());
+        let started = std::thread::Builder::new().name("reapkit-sweep-docker".into()).spawn(move || {
+            let listed =
+                Engine::get_within(Some(&name), timeout).and_then(|e| e.run(timeout, "listing reapkit objects", list));
+            let _ = sender.send((name, listed));
+        });
+        if let Err(e) = started {
+            let reason = format!("could not start a thread to ask it: {e}");
+            let _ = tx.send((host.clone(), Err(crate::Error::Docker { context: "listing".into(), reason })));
+        }
+    }
+    drop(tx);
+    let mut answers: Vec<(String, Result<Vec<Listed>>)> = Vec::new();
+    while answers.len() < hosts.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(answer) => answers.push(answer),
+            Err(_) => break,
+        }
+    }
+    for host in hosts {
+        if !answers.iter().any(|(h, _)| *h == host) {
+            let reason = format!("no answer within {timeout:?} (every engine was asked at once)");
+            answers.push((host.clone(), Err(crate::Error::DockerUnreachable { host, reason })));
+        }
+    }
+    answers
 }
 
 /// Removes every Docker leak: containers first (with their anonymous volumes), then

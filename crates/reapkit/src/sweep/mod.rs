@@ -1,12 +1,16 @@
 //! The sweep: finds what escaped every guard — by proof of ownership, never by name —, shows
 //! the evidence, then reaps it.
 //!
-//! Proof of ownership is one of: the process's environment carries reapkit's markers
-//! (`REAPKIT_RUN_ID`, `REAPKIT_OWNER`), a ledger record names it by pid *and* start time, it
-//! descends from a proven leftover, or a Docker object carries the `reapkit.*` labels. Within
-//! that, a [`Scope`] says whose leftovers to take: by default only those whose owner (pid +
-//! start time) is dead, so a concurrent run is never touched. Only processes of the invoking
-//! user are read at all; this process and its ancestors are never touched.
+//! Proof of ownership is one of: the process descends from a supervisor (its subreaper) or
+//! from a proven leftover, its environment carries reapkit's markers (`REAPKIT_RUN_ID`,
+//! `REAPKIT_OWNER`), a ledger record names it by pid and start time *and* the process carries
+//! that record's guard marker (a record alone names a pid, it proves nothing), or a Docker
+//! object carries the `reapkit.*` labels. Within that, a [`Scope`] says whose leftovers to
+//! take: by default only those whose owner — a process on one boot, in one PID namespace — is
+//! provably dead, so a concurrent run, or one in a container, is never touched; where that
+//! cannot be proven (a namespace not visible from here, another host) the resource is
+//! *unchecked* (exit 2). Only processes of the invoking user are touched; this process and its
+//! ancestors never.
 //!
 //! Two phases, so that a caller prints the evidence before anything is killed:
 //! [`Sweep::find`] reads, [`Findings::reap`] acts (or [`Findings::report`] for `--dry-run`).
@@ -24,12 +28,14 @@
 mod docker;
 mod processes;
 mod report;
+mod scope;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::identity::{OwnerId, Viewpoint, Whereabouts};
 use crate::ledger::{self, Record, Resource};
-use crate::ownership;
+use crate::ownership::{self, ENV_GUARD};
 use crate::process::Member;
 use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
 use crate::{sys, teardown};
@@ -39,6 +45,8 @@ pub(crate) use report::{action_words, words};
 pub use report::{
     write_table, Action, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS, EXIT_UNCHECKED,
 };
+pub use scope::Scope;
+pub(crate) use scope::{Claim, Judge, OwnerHealth, Verdict};
 
 /// The SIGTERM-to-SIGKILL grace a sweep gives leftovers (they are orphans: nobody waits on them).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(1);
@@ -46,51 +54,21 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(1);
 /// their grace plus SIGKILL and container removal, with room to spare.
 const WATCHDOG_WAIT: Duration = Duration::from_secs(5);
 
-/// Whose leftovers a sweep takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Leftovers whose owner is provably dead, of any run or of one run only: the CI sweep.
-    DeadOwners { run_id: Option<String> },
-    /// Everything of one run, its owners alive or not: a supervisor whose command has ended.
-    Run(String),
-    /// Everything owned by one (ended) process: `reapkit wrap` after its test, the watchdog.
-    Owner(ProcId),
-    /// Everything one test of a live process registered: a test scope after the test's body.
-    Test { owner: ProcId, test: String },
-    /// Everything tracked, nothing reaped: `reapkit ps`.
-    Everything,
-}
+/// How long a sweep waits for all Docker engines together (they are asked concurrently).
+pub const DEFAULT_DOCKER_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Scope {
-    /// Leftovers of any run whose owner is dead.
-    pub fn dead_owners() -> Scope {
-        Scope::DeadOwners { run_id: None }
-    }
-
-    /// Whether a resource of `run_id` owned by `owner` (`<pid>:<starttime>`) for `test` is in scope.
-    fn includes(&self, run_id: Option<&str>, owner: Option<&str>, test: Option<&str>) -> bool {
-        let owned_by = |o: &ProcId| owner.and_then(|s| s.parse::<ProcId>().ok()) == Some(*o);
-        match self {
-            Scope::DeadOwners { run_id: want } => {
-                want.as_deref().is_none_or(|w| run_id == Some(w))
-                    && owner.and_then(processes::owner_is_dead) == Some(true)
-            }
-            Scope::Run(want) => run_id == Some(want.as_str()),
-            Scope::Owner(o) => owned_by(o),
-            Scope::Test { owner: o, test: want } => owned_by(o) && test == Some(want.as_str()),
-            Scope::Everything => true,
-        }
-    }
-}
-
-/// Which Docker engines a sweep checks.
+/// Which Docker engines a sweep checks. Every engine checked is asked concurrently, under one
+/// deadline ([`Sweep::docker_timeout`]): N silent engines cost one timeout, not N.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerCheck {
-    /// The configured engine: `DOCKER_HOST`, else the local socket if it exists. None
-    /// configured is fine; a configured one that cannot be reached makes the sweep unchecked.
+    /// The configured engine (`DOCKER_HOST`, else the local socket if it exists) and those
+    /// named in ledger records. None configured is fine; one that cannot be reached makes the
+    /// sweep unchecked.
     Auto,
-    /// This engine (`unix://…` or `tcp://…`), which must be reachable.
+    /// This engine only (`--docker-host`): records naming others are left alone, with a note.
     Host(String),
+    /// This engine and those named in ledger records (a test scope's choice).
+    HostAndRecords(String),
     /// Only the engines named in ledger records (the watchdog's choice).
     RecordsOnly,
     /// No engine at all (`--no-docker`).
@@ -117,9 +95,8 @@ pub struct Sweep {
     older_than: Option<Duration>,
     matcher: Option<Matcher>,
     docker: DockerCheck,
+    docker_timeout: Duration,
     grace: Duration,
-    /// A supervisor also takes every live descendant of itself.
-    supervising: bool,
     /// A watchdog keeps the records of what it reaped, marked, as evidence for the CI sweep.
     as_watchdog: bool,
 }
@@ -132,8 +109,8 @@ impl Sweep {
             older_than: None,
             matcher: None,
             docker: DockerCheck::Auto,
+            docker_timeout: DEFAULT_DOCKER_TIMEOUT,
             grace: DEFAULT_GRACE,
-            supervising: false,
             as_watchdog: false,
         }
     }
@@ -163,14 +140,21 @@ impl Sweep {
         self
     }
 
-    /// The SIGTERM-to-SIGKILL grace for leftover processes (default [`DEFAULT_GRACE`]).
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+    /// How long all Docker engines together may take to answer (default
+    /// [`DEFAULT_DOCKER_TIMEOUT`]); one that has not answered by then is unchecked.
+    pub fn docker_timeout(mut self, timeout: Duration) -> Self {
+        self.docker_timeout = timeout;
         self
     }
 
-    pub(crate) fn supervising(mut self) -> Self {
-        self.supervising = true;
+    /// The scope this sweep was built for.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The SIGTERM-to-SIGKILL grace for leftover processes (default [`DEFAULT_GRACE`]).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
         self
     }
 
@@ -191,12 +175,20 @@ impl Sweep {
             notes: Vec::new(),
             ledger_dir: dir.clone(),
             clock: BootClock::read(),
-            host: ownership::hostname(),
             grace: self.grace,
             as_watchdog: self.as_watchdog,
             listing: self.scope == Scope::Everything,
-            supervising: self.supervising,
+            judge: Judge::new(self.scope.clone(), ownership::hostname()),
         };
+        if let Err(why) = Viewpoint::current().usable() {
+            f.unchecked.push(format!("nothing was checked: {why}"));
+            return f;
+        }
+        if let Err(e) = std::fs::read_dir("/proc") {
+            f.unchecked
+                .push(format!("nothing was checked: /proc cannot be listed: {}", crate::Error::io("listing /proc", e)));
+            return f;
+        }
         let contents = ledger::read_dir(&dir).unwrap_or_else(|e| {
             f.unchecked.push(e.to_string());
             ledger::Contents::default()
@@ -209,27 +201,28 @@ impl Sweep {
             ));
         }
 
+        // A supervisor's tree first: what lives below it is its command's, whatever it carries.
+        let me = ProcId::of(std::process::id() as i32);
+        if let (true, Some(me)) = (self.scope.supervises(), me) {
+            f.judge.tree = procfs::descendants(me.pid).iter().map(|d| d.pid).collect();
+        }
         let mut scan = MarkerScan::new();
         let mut marked = scan.scan(|_, environ| Markers::parse(environ));
-        if self.waits_for_watchdogs() && self.wait_for_watchdogs(&marked) {
+        if self.waits_for_watchdogs() && self.wait_for_watchdogs(&marked, &mut f.judge) {
             marked = scan.scan(|_, environ| Markers::parse(environ));
         }
+        if let Some(e) = scan.exhausted() {
+            let e = std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EMFILE));
+            f.unchecked
+                .push(format!("the process scan saw only part of the machine: {}", crate::Error::io("/proc", e)));
+        }
         for (id, markers) in marked {
-            if markers.is_watchdog() {
-                if self.scope.includes(markers.run_id.as_deref(), markers.watchdog_of.as_deref(), None) {
-                    f.watchdogs.push(id);
-                }
-            } else if self.scope.includes(markers.run_id.as_deref(), markers.owner.as_deref(), markers.test.as_deref())
-            {
-                f.push_process(id, markers, FoundBy::Marker, None);
-            }
+            f.push_marked(id, markers);
         }
         let mut roots: Vec<(ProcId, Markers)> =
             f.targets.iter().filter_map(|t| t.process()).map(|(id, m)| (id, m.clone())).collect();
-        if self.supervising {
-            if let Some(me) = ProcId::of(std::process::id() as i32) {
-                roots.push((me, Markers::default()));
-            }
+        if let (true, Some(me)) = (self.scope.supervises(), me) {
+            roots.push((me, Markers::default()));
         }
         for (root, markers) in roots {
             f.push_descendants(root, &markers);
@@ -237,9 +230,7 @@ impl Sweep {
 
         let mut container_records = Vec::new();
         for (path, record) in contents.records {
-            if self.record_in_scope(&record, &f.host) {
-                f.push_record(path, record, &mut container_records);
-            }
+            f.push_record(path, record, &mut container_records);
         }
         #[cfg(feature = "docker")]
         docker::find(self, container_records, &mut f);
@@ -260,29 +251,29 @@ impl Sweep {
         f
     }
 
-    fn record_in_scope(&self, record: &Record, host: &str) -> bool {
-        // An owner on another machine cannot be proven dead from here (leases are not built).
-        let same_host = record.owner_host == host || !matches!(self.scope, Scope::DeadOwners { .. });
-        same_host && self.scope.includes(Some(&record.run_id), Some(&record.owner), Some(&record.test))
-    }
-
     /// The CI sweep and `reapkit run` let working watchdogs finish first; a watchdog itself,
     /// `reapkit wrap` (whose test's watchdog waits for it) and `ps` do not wait.
     fn waits_for_watchdogs(&self) -> bool {
-        !self.as_watchdog && matches!(self.scope, Scope::DeadOwners { .. } | Scope::Run(_))
+        !self.as_watchdog && matches!(self.scope, Scope::DeadOwners { .. } | Scope::Run { .. })
     }
 
     /// Waits, bounded, for watchdogs in scope whose owner died and who have no live supervisor
     /// to defer to: they are reaping right now. Returns whether there were any.
-    fn wait_for_watchdogs(&self, marked: &[(ProcId, Markers)]) -> bool {
-        let working: Vec<Member> = marked
-            .iter()
-            .filter(|(_, m)| m.is_watchdog())
-            .filter(|(_, m)| m.watchdog_of.as_deref().and_then(processes::owner_is_dead) == Some(true))
-            .filter(|(_, m)| m.supervisor.as_deref().and_then(processes::owner_is_dead) != Some(false))
-            .filter(|(_, m)| self.scope.includes(m.run_id.as_deref(), m.watchdog_of.as_deref(), None))
-            .filter_map(|(id, _)| Member::open(*id))
-            .collect();
+    fn wait_for_watchdogs(&self, marked: &[(ProcId, Markers)], judge: &mut Judge) -> bool {
+        let mut working: Vec<Member> = Vec::new();
+        for (id, m) in marked {
+            let Some(owner) = m.watchdog_of.as_ref().filter(|_| m.malformed.is_none()) else { continue };
+            let in_scope = match &self.scope {
+                Scope::Run { .. } => judge.tree.contains(&id.pid),
+                _ => matches!(judge.verdict(&Claim { owner: Some(owner), ..m.claim() }), Verdict::Take(_)),
+            };
+            let owner_dead = judge.owner_health(owner, None) == Ok(OwnerHealth::Dead);
+            let deferring =
+                m.supervisor.as_ref().is_some_and(|s| judge.owner_health(s, None) == Ok(OwnerHealth::Alive));
+            if in_scope && owner_dead && !deferring {
+                working.extend(Member::open(*id));
+            }
+        }
         if working.is_empty() {
             return false;
         }
@@ -307,11 +298,10 @@ pub struct Findings {
     notes: Vec<String>,
     ledger_dir: PathBuf,
     clock: BootClock,
-    host: String,
     grace: Duration,
     as_watchdog: bool,
     listing: bool,
-    supervising: bool,
+    judge: Judge,
 }
 
 /// A ledger record as read by `find`, with where it lives: kept so that acting on it needs no
@@ -363,6 +353,18 @@ impl Findings {
         &self.leaks
     }
 
+    /// What could not be checked so far, each line with its cause and fix.
+    pub fn unchecked(&self) -> &[String] {
+        &self.unchecked
+    }
+
+    /// The report as it stands before anything is done: what a report file holds while the
+    /// sweep acts, so that the evidence survives whatever happens next.
+    pub fn preview(&self) -> Report {
+        let leaks = self.leaks.clone();
+        Report::new(true, leaks, self.unchecked.clone(), self.notes.clone())
+    }
+
     /// The report without acting: every leak stays as it is (`--dry-run`, `ps`).
     pub fn report(mut self) -> Report {
         let action = if self.listing { Action::Listed } else { Action::WouldReap };
@@ -378,7 +380,7 @@ impl Findings {
     /// SIGKILL), Docker objects by forced removal with volumes; then clears their records.
     pub fn reap(mut self) -> Report {
         self.end_processes();
-        if self.supervising {
+        if self.judge.scope.supervises() {
             reap_adopted_zombies();
         }
         #[cfg(feature = "docker")]
@@ -457,7 +459,7 @@ impl Findings {
             Some((path, record)) => (path.parent().map(PathBuf::from).unwrap_or_default(), record.clone()),
             None => match target {
                 Target::Process { id, markers, .. } => {
-                    (self.ledger_dir.clone(), escapee_record(*id, markers, leak, &self.host))
+                    (self.ledger_dir.clone(), escapee_record(*id, markers, leak, &self.judge.host))
                 }
                 _ => return Ok(()),
             },
@@ -471,12 +473,68 @@ impl Findings {
         self.targets.iter().any(|t| t.process().is_some_and(|(p, _)| p.pid == pid))
     }
 
-    fn push_process(&mut self, id: ProcId, markers: Markers, found_by: FoundBy, record: Option<Recorded>) {
+    fn push_process(
+        &mut self,
+        id: ProcId,
+        markers: Markers,
+        found_by: FoundBy,
+        owner: OwnerHealth,
+        record: Option<Recorded>,
+    ) {
         if self.has_process(id.pid) {
             return;
         }
-        self.leaks.push(processes::process_leak(id, &markers, found_by, &self.clock));
+        self.leaks.push(processes::process_leak(id, &markers, found_by, owner, &self.clock));
         self.targets.push(Target::Process { id, markers, record });
+    }
+
+    /// A process found by its markers: judged by what they claim.
+    fn push_marked(&mut self, id: ProcId, markers: Markers) {
+        if let Some(why) = &markers.malformed {
+            if self.judge.scope.machine_wide() {
+                self.unchecked.push(format!(
+                    "pid {} (`{}`) carries malformed reapkit markers ({why}): reapkit never wrote them; \
+                     not touched. Look at it",
+                    id.pid,
+                    procfs::cmdline(id.pid)
+                ));
+            }
+            return;
+        }
+        // Below a supervisor, ancestry decides (`push_descendants`), not what a process carries.
+        if self.judge.tree.contains(&id.pid) {
+            return;
+        }
+        if markers.is_watchdog() {
+            let claim = Claim { owner: markers.watchdog_of.as_ref(), ..markers.claim() };
+            let supervised_run = matches!(self.judge.scope, Scope::Run { .. });
+            if matches!(self.judge.verdict(&claim), Verdict::Take(_)) && !supervised_run {
+                self.watchdogs.push(id);
+            }
+            return;
+        }
+        let verdict = match &self.judge.scope {
+            // Outside the tree, a run id is a label: never proof of a supervisor's ownership.
+            Scope::Run { run_id, .. } if markers.run_id.as_ref() == Some(run_id) => Verdict::Collision,
+            Scope::Run { .. } => Verdict::Leave,
+            _ => self.judge.verdict(&markers.claim()),
+        };
+        match verdict {
+            Verdict::Take(owner) => self.push_process(id, markers, FoundBy::Marker, owner, None),
+            Verdict::Leave => {}
+            Verdict::Unchecked(why) => self.unchecked.push(format!(
+                "pid {} (`{}`) of test {}: {why}; not touched",
+                id.pid,
+                procfs::cmdline(id.pid),
+                markers.test.as_deref().unwrap_or("<unknown>")
+            )),
+            Verdict::Collision => self.notes.push(format!(
+                "pid {} (`{}`) carries this run's id but does not descend from this supervisor: another \
+                 job's (a run-id collision); not touched",
+                id.pid,
+                procfs::cmdline(id.pid)
+            )),
+        }
     }
 
     /// Live descendants of `root`: ours by ancestry, even without markers of their own.
@@ -486,46 +544,110 @@ impl Findings {
                 continue;
             }
             let own = processes::markers_of(d.pid);
-            if own.is_watchdog() {
+            if own.is_watchdog() && own.malformed.is_none() {
                 self.watchdogs.push(d);
                 continue;
             }
-            let markers = if own == Markers::default() { inherited.clone() } else { own };
-            self.push_process(d, markers, FoundBy::Descendant, None);
+            let usable = own.malformed.is_none() && own != Markers::default();
+            let markers = if usable { own } else { inherited.clone() };
+            let owner = match markers.owner.as_ref() {
+                Some(o) => self.judge.owner_health(o, None).unwrap_or(OwnerHealth::Unknown),
+                None => OwnerHealth::Dead,
+            };
+            self.push_process(d, markers, FoundBy::Descendant, owner, None);
         }
     }
 
     fn push_record(&mut self, path: PathBuf, record: Record, containers: &mut Vec<(PathBuf, Record)>) {
-        if record.reaped.is_some() {
-            if !self.as_watchdog {
-                self.leaks.push(evidence_leak(&record, &self.clock));
-                self.targets.push(Target::Evidence(path));
+        let claim = Claim {
+            run_id: Some(&record.run_id),
+            owner: Some(&record.owner),
+            test: Some(&record.test),
+            host: Some(&record.owner_host),
+            supervisor: None,
+        };
+        let Resource::Process { process, .. } = record.resource else {
+            match self.judge.verdict(&claim) {
+                Verdict::Take(_) if record.reaped.is_some() => self.push_evidence(path, &record),
+                Verdict::Take(_) => containers.push((path, record)),
+                Verdict::Unchecked(why) => self.unchecked_record(&path, &why),
+                Verdict::Leave | Verdict::Collision => {}
             }
             return;
-        }
-        let Resource::Process { process, .. } = record.resource else {
-            containers.push((path, record));
-            return;
         };
-        if let Some(Target::Process { record: slot, .. }) =
-            self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == process))
-        {
-            *slot = Some((path, record));
+        // The process, as seen from here: its pid is one of its owner's namespace.
+        let located = self.judge.ns.locate(process, record.owner.pidns, &record.owner.boot);
+        if let Whereabouts::Alive(here) = located {
+            if let Some(Target::Process { record: slot, .. }) =
+                self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == here))
+            {
+                *slot = Some((path, record));
+                return;
+            }
+        }
+        let owner = match self.judge.verdict(&claim) {
+            Verdict::Take(owner) => owner,
+            Verdict::Unchecked(why) => return self.unchecked_record(&path, &why),
+            Verdict::Leave | Verdict::Collision => return,
+        };
+        if record.reaped.is_some() {
+            return self.push_evidence(path, &record);
+        }
+        match located {
+            // A zombie can no longer be harmed (nor prove anything): its guard was never dropped,
+            // so the record is evidence of a leak, which ended when the process exited.
+            Whereabouts::Alive(here) if Stat::read(here.pid).is_ok_and(|s| s.is_zombie()) => {
+                let markers = processes::record_markers(&record);
+                self.push_process(here, markers, FoundBy::Ledger, owner, Some((path, record)));
+            }
+            Whereabouts::Alive(here) => match corroborate(here, &record.guard) {
+                Ok(()) => {
+                    let markers = processes::record_markers(&record);
+                    self.push_process(here, markers.clone(), FoundBy::Ledger, owner, Some((path, record)));
+                    self.push_descendants(here, &markers);
+                }
+                Err(why) => self.unchecked_record(
+                    &path,
+                    &format!(
+                        "it names pid {} (`{}`), which is alive but {why}: a record alone names a pid, it \
+                         proves nothing. Kept, not touched",
+                        here.pid,
+                        procfs::cmdline(here.pid)
+                    ),
+                ),
+            },
+            // Another boot: no process of this one can be it. Evidence of a leak the reboot ended.
+            Whereabouts::OtherBoot => self.push_stale_boot(path, &record),
+            Whereabouts::Gone(_) => self.stale.push(path),
+            Whereabouts::Unknown(why) => self.unchecked_record(&path, &why),
+        }
+    }
+
+    fn unchecked_record(&mut self, path: &Path, why: &str) {
+        self.unchecked.push(format!("ledger record {}: {why}", path.display()));
+    }
+
+    /// A record a watchdog marked as reaped: the leak is over, the record is its evidence.
+    fn push_evidence(&mut self, path: PathBuf, record: &Record) {
+        if !self.as_watchdog {
+            self.leaks.push(evidence_leak(record, &self.clock, Action::ReapedByWatchdog));
+            self.targets.push(Target::Evidence(path));
+        }
+    }
+
+    /// A process record of an earlier boot of this host: reported once, then cleared.
+    fn push_stale_boot(&mut self, path: PathBuf, record: &Record) {
+        if self.as_watchdog || !self.judge.scope.machine_wide() {
             return;
         }
-        if process.is_alive() && procfs::is_ours(process.pid) && !procfs::self_and_ancestors().contains(&process.pid) {
-            let markers = Markers {
-                run_id: Some(record.run_id.clone()),
-                owner: Some(record.owner.clone()),
-                guard: Some(record.guard.clone()),
-                test: Some(record.test.clone()),
-                ..Markers::default()
-            };
-            self.push_process(process, markers.clone(), FoundBy::Ledger, Some((path, record)));
-            self.push_descendants(process, &markers);
-        } else {
-            self.stale.push(path);
-        }
+        let mut leak = evidence_leak(record, &self.clock, Action::AlreadyGone);
+        leak.age_s = age_of(&record.created);
+        leak.detail = Some(format!(
+            "recorded on an earlier boot (boot id {}): the reboot ended it, its record is cleared",
+            record.owner.boot
+        ));
+        self.leaks.push(leak);
+        self.targets.push(Target::Evidence(path));
     }
 
     fn push_matches(&mut self, matcher: &Matcher) {
@@ -533,7 +655,7 @@ impl Findings {
         found.retain(|id| !self.has_process(id.pid));
         found.sort_by_key(|id| std::cmp::Reverse(id.start_time));
         for id in found.into_iter().skip(matcher.keep_newest) {
-            self.push_process(id, processes::markers_of(id.pid), FoundBy::Match, None);
+            self.push_process(id, processes::markers_of(id.pid), FoundBy::Match, OwnerHealth::Unknown, None);
         }
     }
 
@@ -564,16 +686,35 @@ fn remove_record(path: &std::path::Path, unchecked: &mut Vec<String>) {
     }
 }
 
+/// Whether the live process `here`, named by a record of guard `guard`, is provably the one the
+/// record means: ours, not the reaper or an ancestor, and carrying that guard's marker.
+fn corroborate(here: ProcId, guard: &str) -> Result<(), String> {
+    if procfs::self_and_ancestors().contains(&here.pid) {
+        return Err("it is this reaper or one of its ancestors".into());
+    }
+    match procfs::owner_uid(here.pid) {
+        Ok(uid) if uid == procfs::my_uid() => {}
+        Ok(uid) => return Err(format!("it runs as uid {uid}, not as you")),
+        Err(e) => return Err(format!("its owner cannot be read ({e})")),
+    }
+    if !MarkerScan::new().carries(here.pid, format!("{ENV_GUARD}={guard}").as_bytes()) {
+        return Err(format!("it does not carry {ENV_GUARD}={guard}"));
+    }
+    Ok(())
+}
+
 /// The record a watchdog writes for a process it found by marker only (a guard's child or
 /// escapee): named after the guard *and* the pid, so it never replaces the guard's own record,
-/// and filled from the evidence taken before the kill (the process is gone now).
+/// and filled from the evidence taken before the kill (the process is gone now). The markers
+/// were checked when read, so the guard id is safe in a file name.
 fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Record {
     let guard = markers.guard.as_deref().unwrap_or("escapee");
+    let owner = markers.owner.clone().unwrap_or_else(|| OwnerId::here(ProcId { pid: 1, start_time: 0 }));
     Record {
-        version: 1,
+        version: ledger::RECORD_VERSION,
         guard: format!("{guard}-pid{}-{}", id.pid, id.start_time),
-        run_id: markers.run_id.clone().unwrap_or_default(),
-        owner: markers.owner.clone().unwrap_or_default(),
+        run_id: markers.run_id.clone().unwrap_or_else(|| "unknown".into()),
+        owner,
         owner_host: host.to_owned(),
         test: markers.test.clone().unwrap_or_default(),
         created: ledger::now_rfc3339(),
@@ -587,8 +728,8 @@ fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Rec
     }
 }
 
-/// A leak known only from the record a watchdog left after reaping it.
-fn evidence_leak(record: &Record, clock: &BootClock) -> Leak {
+/// A leak known only from its record: a watchdog reaped it, or a reboot ended it.
+fn evidence_leak(record: &Record, clock: &BootClock, action: Action) -> Leak {
     let (kind, pid, id, command, cwd, age_s) = match &record.resource {
         Resource::Process { process, command, cwd, .. } => (
             LeakKind::Process,
@@ -608,12 +749,12 @@ fn evidence_leak(record: &Record, clock: &BootClock) -> Leak {
         test: Some(record.test.clone()),
         run_id: Some(record.run_id.clone()),
         age_s,
-        action: Action::ReapedByWatchdog,
-        found_by: FoundBy::Watchdog,
+        found_by: if action == Action::ReapedByWatchdog { FoundBy::Watchdog } else { FoundBy::Ledger },
+        action,
         health: Health::Gone,
         pid,
         id,
-        owner: Some(record.owner.clone()),
+        owner: Some(record.owner.to_string()),
         guard: Some(record.guard.clone()),
         command,
         cwd,

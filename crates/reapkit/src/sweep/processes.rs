@@ -1,22 +1,27 @@
 //! The process side of the sweep: reading the markers out of an environment block, and the
 //! evidence a person needs before a process is killed.
 
-use crate::ownership::{ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG_OWNER};
+use crate::identity::OwnerId;
+use crate::ownership::{self, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG_OWNER};
 use crate::procfs::{self, BootClock, ExeState, ProcId, Stat};
 
 use super::report::{Action, FoundBy, Health, Leak, LeakKind};
+use super::{Claim, OwnerHealth};
 
-/// The reapkit variables of one process's environment.
+/// The reapkit variables of one process's environment, checked: a value that could not have
+/// been written by reapkit (an owner that does not parse, a guard id with `/../`, a test name
+/// with control characters) makes the whole set [`Markers::malformed`], never partly trusted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Markers {
     pub(crate) run_id: Option<String>,
-    /// `REAPKIT_OWNER` as written; [`Markers::owner`] parses it.
-    pub(crate) owner: Option<String>,
+    pub(crate) owner: Option<OwnerId>,
     pub(crate) guard: Option<String>,
     pub(crate) test: Option<String>,
     /// Set only on watchdogs: whom they watch.
-    pub(crate) watchdog_of: Option<String>,
-    pub(crate) supervisor: Option<String>,
+    pub(crate) watchdog_of: Option<OwnerId>,
+    pub(crate) supervisor: Option<OwnerId>,
+    /// Why the markers cannot be believed, if they cannot.
+    pub(crate) malformed: Option<String>,
 }
 
 impl Markers {
@@ -30,43 +35,69 @@ impl Markers {
                 continue;
             }
             let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
-            let (key, value) = (&entry[..eq], String::from_utf8_lossy(&entry[eq + 1..]).into_owned());
-            let slot = match key {
-                k if k == ENV_RUN_ID.as_bytes() => &mut m.run_id,
-                k if k == ENV_OWNER.as_bytes() => &mut m.owner,
-                k if k == ENV_GUARD.as_bytes() => &mut m.guard,
-                k if k == ENV_TEST.as_bytes() => &mut m.test,
-                k if k == ENV_WATCHDOG_OWNER.as_bytes() => &mut m.watchdog_of,
-                k if k == ENV_SUPERVISOR.as_bytes() => &mut m.supervisor,
-                _ => continue,
+            let (key, raw) = (&entry[..eq], &entry[eq + 1..]);
+            let Some(name) = [ENV_RUN_ID, ENV_OWNER, ENV_GUARD, ENV_TEST, ENV_WATCHDOG_OWNER, ENV_SUPERVISOR]
+                .into_iter()
+                .find(|k| k.as_bytes() == key)
+            else {
+                continue;
             };
-            any |= key != ENV_SUPERVISOR.as_bytes();
-            *slot = Some(value);
+            any |= name != ENV_SUPERVISOR;
+            if let Err(reason) = m.set(name, raw) {
+                m.malformed.get_or_insert(reason);
+            }
         }
         any.then_some(m)
+    }
+
+    fn set(&mut self, name: &str, raw: &[u8]) -> Result<(), String> {
+        let bad = |why: &str| format!("{name}={:?} {why}", crate::escape::evidence(&String::from_utf8_lossy(raw)));
+        let value = std::str::from_utf8(raw).map_err(|_| bad("is not UTF-8"))?;
+        let id = |v: &str| ownership::valid_id(v).then(|| v.to_owned()).ok_or_else(|| bad("is not a reapkit id"));
+        let owner = |v: &str| v.parse::<OwnerId>().map_err(|_| bad("is not an owner"));
+        match name {
+            ENV_RUN_ID => self.run_id = Some(id(value)?),
+            ENV_GUARD => self.guard = Some(id(value)?),
+            ENV_OWNER => self.owner = Some(owner(value)?),
+            ENV_WATCHDOG_OWNER => self.watchdog_of = Some(owner(value)?),
+            ENV_SUPERVISOR => self.supervisor = Some(owner(value)?),
+            _ if ownership::valid_test_name(value) => self.test = Some(value.to_owned()),
+            _ => return Err(bad("is not a test name")),
+        }
+        Ok(())
     }
 
     pub(crate) fn is_watchdog(&self) -> bool {
         self.watchdog_of.is_some()
     }
+
+    /// The claims these markers make, for a [`Scope`](super::Scope) to judge.
+    pub(crate) fn claim(&self) -> Claim<'_> {
+        Claim {
+            run_id: self.run_id.as_deref(),
+            owner: self.owner.as_ref(),
+            test: self.test.as_deref(),
+            host: None,
+            supervisor: self.supervisor.as_ref(),
+        }
+    }
 }
 
-/// Whether the owner `<pid>:<starttime>` is provably gone: no process with that pid, or one with
-/// another start time (the pid was recycled). An unparsable owner is not provably anything.
-pub(crate) fn owner_is_dead(owner: &str) -> Option<bool> {
-    owner.parse::<ProcId>().ok().map(|id| !id.is_alive())
-}
-
-/// The evidence of a live process, read before anything is done to it.
-pub(crate) fn process_leak(id: ProcId, markers: &Markers, found_by: FoundBy, clock: &BootClock) -> Leak {
+/// The evidence of a live process, read before anything is done to it. `owner` is where its
+/// owner is, as the scope found it.
+pub(crate) fn process_leak(
+    id: ProcId,
+    markers: &Markers,
+    found_by: FoundBy,
+    owner: OwnerHealth,
+    clock: &BootClock,
+) -> Leak {
     let stat = Stat::read(id.pid).ok();
     let exe = procfs::exe_state(id.pid, clock.started(id.start_time));
-    let owner_dead = markers.owner.as_deref().and_then(owner_is_dead);
     let health = match (stat, exe) {
         (Some(s), _) if s.is_zombie() => Health::Zombie,
         (_, Some(ExeState::Replaced | ExeState::Deleted)) => Health::StaleBinary,
-        _ if owner_dead == Some(true) => Health::Orphaned,
-        _ => Health::Running,
+        _ => owner.health(),
     };
     Leak {
         kind: LeakKind::Process,
@@ -78,7 +109,7 @@ pub(crate) fn process_leak(id: ProcId, markers: &Markers, found_by: FoundBy, clo
         health,
         pid: Some(id.pid),
         id: None,
-        owner: markers.owner.clone(),
+        owner: markers.owner.as_ref().map(OwnerId::to_string),
         guard: markers.guard.clone(),
         command: Some(procfs::cmdline(id.pid)).filter(|c| !c.is_empty()),
         cwd: procfs::cwd(id.pid).map(|p| p.display().to_string()),
@@ -87,6 +118,17 @@ pub(crate) fn process_leak(id: ProcId, markers: &Markers, found_by: FoundBy, clo
         threads: stat.map(|s| s.num_threads),
         exe,
         detail: None,
+    }
+}
+
+/// The markers a process named by `record` would carry.
+pub(crate) fn record_markers(record: &crate::ledger::Record) -> Markers {
+    Markers {
+        run_id: Some(record.run_id.clone()),
+        owner: Some(record.owner.clone()),
+        guard: Some(record.guard.clone()),
+        test: Some(record.test.clone()),
+        ..Markers::default()
     }
 }
 
@@ -120,23 +162,30 @@ mod tests {
 
     #[test]
     fn parses_markers_and_ignores_lookalikes() {
-        let env = b"PATH=/bin\0REAPKIT_RUN_ID=r1\0REAPKIT_OWNER=10:20\0REAPKIT_TEST=a::b\0XREAPKIT_GUARD=no\0";
-        let m = Markers::parse(env).unwrap();
+        let me = OwnerId::of_self().unwrap();
+        let env = format!("PATH=/bin\0REAPKIT_RUN_ID=r1\0REAPKIT_OWNER={me}\0REAPKIT_TEST=a::b\0XREAPKIT_GUARD=no\0");
+        let m = Markers::parse(env.as_bytes()).unwrap();
         assert_eq!(m.run_id.as_deref(), Some("r1"));
-        assert_eq!(m.owner.as_deref(), Some("10:20"));
+        assert_eq!(m.owner.as_ref(), Some(&me));
         assert_eq!(m.test.as_deref(), Some("a::b"));
-        assert_eq!(m.guard, None);
+        assert_eq!((&m.guard, &m.malformed), (&None, &None));
         assert!(!m.is_watchdog());
         assert_eq!(Markers::parse(b"PATH=/bin\0HOME=/root\0"), None);
         assert_eq!(Markers::parse(b"REAPKIT_SUPERVISOR=1:2\0"), None, "a supervisor alone proves nothing");
     }
 
     #[test]
-    fn a_recycled_owner_pid_counts_as_dead() {
-        let me = ProcId::of(std::process::id() as i32).unwrap();
-        assert_eq!(owner_is_dead(&me.to_string()), Some(false));
-        let recycled = ProcId { start_time: me.start_time + 1, ..me };
-        assert_eq!(owner_is_dead(&recycled.to_string()), Some(true));
-        assert_eq!(owner_is_dead("not-an-owner"), None);
+    fn hostile_values_make_the_markers_malformed() {
+        for env in [
+            &b"REAPKIT_GUARD=../../etc/x\0"[..],
+            b"REAPKIT_RUN_ID=run\x1b[2J\0",
+            b"REAPKIT_TEST=t\n::add-mask::x\0",
+            b"REAPKIT_OWNER=10:20\0",
+            b"REAPKIT_GUARD=\xff\xfe\0",
+        ] {
+            let m = Markers::parse(env).unwrap();
+            let why = m.malformed.unwrap_or_else(|| panic!("{:?} is accepted", String::from_utf8_lossy(env)));
+            assert!(!why.contains('\n') && !why.contains('\x1b'), "the reason is escaped: {why}");
+        }
     }
 }

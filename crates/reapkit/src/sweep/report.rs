@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::escape::evidence;
 use crate::procfs::ExeState;
 
 /// Nothing leaked (and everything could be checked).
@@ -51,6 +52,8 @@ pub enum Health {
     Running,
     /// Alive, its owner gone: a leak.
     Orphaned,
+    /// Alive; whether its owner lives cannot be told from here (another PID namespace or host).
+    OwnerUnknown,
     /// Exited, not yet reaped by its parent.
     Zombie,
     /// Runs a binary that was rebuilt or deleted since it started: it serves stale code.
@@ -120,22 +123,23 @@ impl Leak {
         }
     }
 
-    /// One line of prose: what it is, whose it was, what was done.
+    /// One line of prose: what it is, whose it was, what was done. Every piece of evidence in
+    /// it is escaped: it is one line, whatever the leftover's command line holds.
     pub fn summary(&self) -> String {
-        let mut s = format!("{:?} {}", self.kind, self.ident()).to_lowercase();
+        let mut s = format!("{:?} {}", self.kind, evidence(&self.ident())).to_lowercase();
         if let Some(cmd) = &self.command {
-            s.push_str(&format!(" `{}`", truncate(cmd, 80)));
+            s.push_str(&format!(" `{}`", truncate(&evidence(cmd), 80)));
         }
-        s.push_str(&format!(" from test {}", self.test.as_deref().unwrap_or("<unknown>")));
+        s.push_str(&format!(" from test {}", evidence(self.test.as_deref().unwrap_or("<unknown>"))));
         if let Some(run) = &self.run_id {
-            s.push_str(&format!(" (run {run})"));
+            s.push_str(&format!(" (run {})", evidence(run)));
         }
         if let Some(age) = self.age_s {
             s.push_str(&format!(", {}", age_words(age)));
         }
         s.push_str(&format!(": {}", action_words(&self.action)));
         if let Some(detail) = &self.detail {
-            s.push_str(&format!(" ({detail})"));
+            s.push_str(&format!(" ({})", evidence(detail)));
         }
         s
     }
@@ -177,13 +181,14 @@ impl Report {
             writeln!(out, "::error title=reapkit: leaked {:?}::{}", leak.kind, escape_annotation(&leak.summary()))?;
         }
         for line in &self.unchecked {
-            writeln!(out, "::error title=reapkit: could not check::{}", escape_annotation(line))?;
+            writeln!(out, "::error title=reapkit: could not check::{}", escape_annotation(&evidence(line)))?;
         }
         Ok(())
     }
 }
 
-/// The evidence table: one row per leak, the columns a person needs to decide.
+/// The evidence table: one row per leak, the columns a person needs to decide. Every cell is
+/// escaped ([`crate::escape::evidence`]): a row is one line and starts with the leak's kind.
 pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
     if leaks.is_empty() {
         return writeln!(out, "no leaks");
@@ -199,7 +204,7 @@ pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
             out,
             "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} {}{}",
             format!("{:?}", l.kind).to_lowercase(),
-            l.ident(),
+            evidence(&l.ident()),
             l.age_s.map_or_else(dash, age_short),
             words(&l.health),
             l.rss_bytes.map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1048576.0)),
@@ -207,16 +212,21 @@ pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
             l.threads.map_or_else(dash, |n| n.to_string()),
             l.exe.map_or_else(dash, |e| words(&e)),
             words(&l.action),
-            l.owner.as_deref().unwrap_or("-"),
-            truncate(l.test.as_deref().unwrap_or("-"), 40),
-            truncate(l.command.as_deref().unwrap_or("-"), 100),
-            l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {c})")),
+            evidence(l.owner.as_deref().map_or("-", short_owner)),
+            truncate(&evidence(l.test.as_deref().unwrap_or("-")), 40),
+            truncate(&evidence(l.command.as_deref().unwrap_or("-")), 100),
+            l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {})", evidence(c))),
         )?;
         if let Some(detail) = &l.detail {
-            writeln!(out, "{:<9} └ {detail}", "")?;
+            writeln!(out, "{:<9} └ {}", "", evidence(detail))?;
         }
     }
     Ok(())
+}
+
+/// `<pid>:<starttime>` of an owner id, for a table column (the JSON has the whole id).
+fn short_owner(owner: &str) -> &str {
+    owner.match_indices(':').nth(1).map_or(owner, |(i, _)| &owner[..i])
 }
 
 /// A serde enum's kebab-case name, as the JSON says it.
@@ -313,6 +323,26 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.starts_with("::error title=reapkit: leaked Container::"), "{text}");
-        assert!(text.contains("suite::leaks_a_server") && text.contains("%0A"), "{text}");
+        assert!(text.contains("suite::leaks_a_server") && text.contains("line1\\nline2"), "{text}");
+    }
+
+    #[test]
+    fn hostile_evidence_cannot_start_a_line_of_the_table_or_an_annotation() {
+        let mut l = leak(LeakKind::Process);
+        l.command = Some("sleep 1\n::add-mask::secret\n::stop-commands::x".into());
+        l.test = Some("t\r\n::error::forged".into());
+        l.cwd = Some("/tmp/\x1b[2J".into());
+        l.detail = Some("d\n::warning::x".into());
+        let mut table = Vec::new();
+        write_table(&mut table, std::slice::from_ref(&l)).unwrap();
+        let mut notes = Vec::new();
+        let report = Report::new(false, vec![l], vec!["u\n::error::forged".into()], vec![]);
+        report.write_github_annotations(&mut notes).unwrap();
+        for text in [String::from_utf8(table).unwrap(), String::from_utf8(notes).unwrap(), report.leaks[0].summary()] {
+            for line in text.lines() {
+                assert!(!line.trim_start().starts_with("::") || line.starts_with("::error title=reapkit"), "{line}");
+                assert!(!line.contains('\x1b'), "{line}");
+            }
+        }
     }
 }
