@@ -114,6 +114,11 @@ impl Sandbox {
     pub fn reap(&self, extra: &[&str]) -> Swept {
         Swept::run(self.reap_cmd(&[&["--json", "--no-docker"], extra].concat()))
     }
+
+    /// Runs `reapkit reap --json` scoped to this test, Docker included, with `extra` options.
+    pub fn reap_json(&self, extra: &[&str]) -> Swept {
+        Swept::run(self.reap_cmd(&[&["--json"], extra].concat()))
+    }
 }
 
 /// The outcome of one run (a `reapkit`, or a shell around one): exit code, output, how long it

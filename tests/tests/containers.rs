@@ -153,6 +153,29 @@ fn not_ready_in_time_is_an_error_and_leaks_nothing() {
 
 #[test]
 #[serial]
+fn ready_timeout_is_a_deadline_even_for_a_probe_that_hangs() {
+    if !engine() {
+        return;
+    }
+    let case = case_id();
+    let timeout = Duration::from_secs(1);
+    // Each probe takes 5 s: a timeout checked only between probes would return after 5 s.
+    let ready = sleeper()
+        .label(CASE_LABEL, &case)
+        .wait_for(Ready::Exec(vec!["sleep".into(), "5".into()]))
+        .ready_timeout(timeout)
+        .stop_timeout(Duration::ZERO);
+    let started = Instant::now();
+    let err = ready.start().expect_err("never ready in time");
+    let took = started.elapsed();
+    assert!(matches!(err, Error::NotReady { .. }), "{err}");
+    // Create and remove are outside the readiness deadline; both are well under a second.
+    assert!(took < timeout + Duration::from_secs(2), "ready_timeout(1s) returned after {took:?}");
+    assert!(leftovers(CASE_LABEL, &case).is_empty());
+}
+
+#[test]
+#[serial]
 fn readiness_by_exec_then_exec_and_logs() {
     if !engine() {
         return;

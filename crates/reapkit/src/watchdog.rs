@@ -62,7 +62,8 @@ pub(crate) fn ensure(ledger_dir: &Path) {
         Ok(pid) => started.push((ledger_dir.to_path_buf(), pid)),
         Err(e) => crate::teardown::warn(&format!(
             "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
-             until `reapkit reap` runs"
+             until `reapkit reap` runs{}",
+            crate::error::fd_limit_hint(&e).map_or_else(String::new, |hint| format!(". {hint}"))
         )),
     }
 }

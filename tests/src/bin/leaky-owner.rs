@@ -3,22 +3,47 @@
 //! to be `kill -9`ed, so that none of its `Drop`s ever runs. The watchdog test (and the leak
 //! the suite makes on purpose for `reapkit reap`) use it.
 //!
-//! Output: one line `ready <owner pid:start> <container id or ->`. Flags: `--no-container`;
-//! `--forget`: forget the guards and exit 0 at once (a test that leaks and passes).
+//! Output: one line `ready <owner> <container id or -> <guarded pids, comma-separated>`.
+//! Flags:
+//! - `--no-container`: no container.
+//! - `--sleep N`: instead of the fixtures, one guard of `sleep N` (and no container).
+//! - `--forget`: forget the guards and exit 0 at once (a test that leaks and passes).
+//! - `--forget-on-eof`: wait for stdin to close, then forget the guards and exit (an owner that
+//!   dies without dropping them, at a moment the caller chooses).
 
 use std::io::BufRead;
 use std::process::Command;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let sleep = args.iter().position(|a| a == "--sleep").and_then(|i| args.get(i + 1));
     let fixture = std::env::current_exe().expect("own path").with_file_name("fixture-server");
     let fixture = |flags: &[&str]| {
         let mut cmd = Command::new(&fixture);
         cmd.args(flags);
         cmd
     };
-    let server = reapkit::ProcessGuard::spawn(fixture(&["--children", "2"])).expect("the fixture starts");
-    let escaper = reapkit::ProcessGuard::spawn(fixture(&["--escape"])).expect("the escaping fixture starts");
-    let container = if std::env::args().any(|a| a == "--no-container") {
+    let commands = match sleep {
+        Some(secs) => {
+            let mut cmd = Command::new("sleep");
+            cmd.arg(secs);
+            vec![cmd]
+        }
+        None => vec![fixture(&["--children", "2"]), fixture(&["--escape"])],
+    };
+    let mut guards = Vec::new();
+    for cmd in commands {
+        match reapkit::ProcessGuard::spawn(cmd) {
+            Ok(guard) => guards.push(guard),
+            // What a user's test would print: the error's Display, and its Debug (libtest's).
+            Err(e) => {
+                println!("error: {e}\ndebug: {e:?}");
+                std::process::exit(3);
+            }
+        }
+    }
+    let container = if flag("--no-container") || sleep.is_some() {
         None
     } else {
         Some(
@@ -30,12 +55,18 @@ fn main() {
         )
     };
     let owner = reapkit::ownership::Owner::current().marker();
-    println!("ready {owner} {}", container.as_ref().map_or("-", |c| c.id()));
-    if std::env::args().any(|a| a == "--forget") {
-        std::mem::forget((server, escaper, container));
+    let pids: Vec<String> = guards.iter().map(|g| g.pid().to_string()).collect();
+    println!("ready {owner} {} {}", container.as_ref().map_or("-", |c| c.id()), pids.join(","));
+    if flag("--forget") {
+        std::mem::forget((guards, container));
         return;
     }
-    // Wait for the kill; if our stdin closes instead, end normally (guards drop).
+    // Wait for the kill; if our stdin closes instead, end normally (guards drop) or, with
+    // --forget-on-eof, die holding them.
     let _ = std::io::stdin().lock().read_line(&mut String::new());
-    drop((server, escaper, container));
+    if flag("--forget-on-eof") {
+        std::mem::forget((guards, container));
+        return;
+    }
+    drop((guards, container));
 }
