@@ -18,7 +18,7 @@
 //! # Ok::<(), reapkit::Error>(())
 //! ```
 //!
-//! See `ARCHITECTURE.md` for how the pieces fit and `DESIGN.md` for the ownership contract.
+//! See `ARCHITECTURE.md` in the repository for how the pieces fit and for the ownership contract.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
