@@ -509,3 +509,37 @@ fn an_unmarked_decoy_survives_every_sweep_of_this_suite() {
     }
     decoy.assert_survived("an unmarked sleep");
 }
+
+#[test]
+fn hostile_container_labels_are_reported_and_the_container_is_left_alone() {
+    use reapkit_tests::docker::{docker, engine, IMAGE};
+    if !engine() {
+        return;
+    }
+    let sb = Sandbox::new("trust", "hostile_labels");
+    // Made by hand, not by reapkit: a test label that tries to start a line of its own.
+    let id = docker(&[
+        "create",
+        "--network",
+        "none",
+        "--label",
+        &format!("reapkit.run-id={}", sb.run_id),
+        "--label",
+        &format!("reapkit.owner={}", dead_owner()),
+        "--label",
+        "reapkit.test=t\n::error::forged",
+        IMAGE,
+        "sleep",
+        "1",
+    ]);
+    assert_eq!(id.len(), 64, "docker create printed an id: {id:?}");
+    let swept = sb.reap_json(&[]);
+    let still_there = docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]) == id;
+    docker(&["rm", "-f", &id]);
+
+    swept.assert_code(2);
+    let line = swept.unchecked_about(&id);
+    assert!(line.contains("malformed") && !line.contains('\n'), "{line}");
+    assert!(swept.leaks().is_empty(), "{swept}");
+    assert!(still_there, "a container whose labels reapkit never wrote is not removed:\n{swept}");
+}

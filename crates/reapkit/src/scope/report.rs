@@ -1,5 +1,6 @@
 //! What a test scope found: each leaked resource named, with what was done and what to do.
 
+use crate::escape::evidence;
 use crate::fd_snapshot::Fd;
 use crate::sweep;
 
@@ -180,14 +181,15 @@ impl std::fmt::Display for LeakReport {
         } else {
             writeln!(f, "reapkit: test `{}` did not clean up as expected:", self.test)?;
         }
+        // What a leak is comes from the process (its command line): escaped, one line each.
         for leak in &self.leaks {
-            writeln!(f, "  - {}: {}.\n    Fix: {}", leak.what, leak.action, leak.fix)?;
+            writeln!(f, "  - {}: {}.\n    Fix: {}", evidence(&leak.what), evidence(&leak.action), leak.fix)?;
         }
         for problem in &self.problems {
-            writeln!(f, "  - {problem}")?;
+            writeln!(f, "  - {}", evidence(problem))?;
         }
         for (leak, by) in &self.accepted {
-            writeln!(f, "  accepted ({by}): {}", leak.what)?;
+            writeln!(f, "  accepted ({by}): {}", evidence(&leak.what))?;
         }
         for note in &self.notes {
             writeln!(f, "  note: {note}")?;
