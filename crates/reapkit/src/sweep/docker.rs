@@ -126,11 +126,7 @@ fn push_object(
     let (owner, supervisor) = match labels_ok {
         Ok(parsed) => parsed,
         Err(why) => {
-            let run_filter = match &f.judge.scope {
-                super::Scope::DeadOwners { run_id: Some(want) } => Some(want.as_str()),
-                _ => None,
-            };
-            if f.judge.scope.machine_wide() && run_filter.is_none_or(|w| label(LABEL_RUN_ID) == Some(w)) {
+            if f.judge.scope.reports_malformed(label(LABEL_RUN_ID)) {
                 f.unchecked.push(format!(
                     "{kind:?} {id} on {host} carries malformed reapkit labels ({why}): reapkit never wrote them; \
                      not touched"

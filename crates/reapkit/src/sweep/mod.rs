@@ -491,13 +491,7 @@ impl Findings {
     /// A process found by its markers: judged by what they claim.
     fn push_marked(&mut self, id: ProcId, markers: Markers) {
         if let Some(why) = &markers.malformed {
-            // Reported by the sweeps of the whole machine — of one run only if it (validly)
-            // names that run: a run-scoped sweep in a parallel suite must not see every other.
-            let run_filter = match &self.judge.scope {
-                Scope::DeadOwners { run_id: Some(want) } => Some(want.as_str()),
-                _ => None,
-            };
-            if self.judge.scope.machine_wide() && run_filter.is_none_or(|w| markers.run_id.as_deref() == Some(w)) {
+            if self.judge.scope.reports_malformed(markers.run_id.as_deref()) {
                 self.unchecked.push(format!(
                     "pid {} (`{}`) carries malformed reapkit markers ({why}): reapkit never wrote them; \
                      not touched. Look at it",

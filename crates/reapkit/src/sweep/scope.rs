@@ -45,6 +45,16 @@ impl Scope {
     pub(crate) fn machine_wide(&self) -> bool {
         matches!(self, Scope::DeadOwners { .. } | Scope::Everything)
     }
+
+    /// Whether this sweep reports a malformed marker set or label set that (validly) names
+    /// `run_id`: the sweeps of the whole machine do — one of a single run only for that run, so
+    /// that a run-scoped sweep in a parallel suite does not report every other one's.
+    pub(crate) fn reports_malformed(&self, run_id: Option<&str>) -> bool {
+        match self {
+            Scope::DeadOwners { run_id: Some(want) } => run_id == Some(want.as_str()),
+            scope => scope.machine_wide(),
+        }
+    }
 }
 
 /// What is known of a leftover's owner.
