@@ -82,6 +82,7 @@ impl Sandbox {
                 pgid: process.pid,
                 command: vec!["sleep".into(), "3600".into()],
                 cwd: None,
+                contained: None,
             },
             reaped: None,
         }

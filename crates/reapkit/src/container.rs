@@ -23,7 +23,7 @@ use crate::docker_engine::Engine;
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::ownership::{self, Owner};
-use crate::scope::Attachment;
+use crate::registry::{self, Attachment};
 
 /// Labels put on every container and network at create; the sweep finds leftovers by them.
 pub const LABEL_RUN_ID: &str = "reapkit.run-id";
@@ -187,11 +187,8 @@ impl ContainerBuilder {
     fn prepare(mut self) -> Result<(Arc<Engine>, std::path::PathBuf, Spec)> {
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         let engine = Engine::get(self.docker_host.as_deref())?;
-        crate::watchdog::ensure(&ledger_dir);
         let scope = Attachment::current();
-        if let Some(scope) = &scope {
-            scope.register(&ledger_dir, Some(engine.host()));
-        }
+        registry::guard_starting(scope.as_ref(), &ledger_dir, Some(engine.host()));
         let owner = Owner::current();
         let guard = ownership::next_guard_id();
         let test = Attachment::test_name(scope.as_ref());
@@ -423,13 +420,13 @@ impl Drop for Container {
         match outcome {
             Ok(result) => {
                 if let Err(e) = self.forget_record(result) {
-                    crate::teardown::warn(&format!(
+                    crate::error::warn(&format!(
                         "reapkit: container {} (guard {}) was not removed: {e}",
                         self.id, self.guard
                     ));
                 }
             }
-            Err(_) => crate::teardown::warn(&format!("reapkit: removing container {} panicked", self.id)),
+            Err(_) => crate::error::warn(&format!("reapkit: removing container {} panicked", self.id)),
         }
     }
 }

@@ -21,7 +21,7 @@ pub enum Error {
     Ledger { dir: PathBuf, source: std::io::Error },
 
     /// A setting from the environment could not be parsed.
-    #[error("invalid {var}={value:?}: {reason}. Use a duration such as `300ms` or `2s`")]
+    #[error("invalid {var}={value:?}: {reason}")]
     Config { var: &'static str, value: String, reason: String },
 
     /// The operating system lacks something reapkit cannot work without.
@@ -144,3 +144,14 @@ fn indent(text: &str) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Reports a problem where the user will see it: through `tracing` when a subscriber is
+/// installed, else on stderr (which the test harness shows for failed tests). For what `Drop`
+/// and background work cannot return.
+pub(crate) fn warn(message: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}

@@ -63,8 +63,16 @@ pub struct Reaped {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Resource {
-    /// A process tree: its leader, by pid and start time, and the group it leads.
-    Process { process: ProcId, pgid: i32, command: Vec<String>, cwd: Option<PathBuf> },
+    /// A process tree: its leader, by pid and start time, the group it leads, and how it is
+    /// held (absent in records of escapees a watchdog wrote).
+    Process {
+        process: ProcId,
+        pgid: i32,
+        command: Vec<String>,
+        cwd: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contained: Option<Contained>,
+    },
     /// A container, and the networks created for it, on the engine at `docker_host`.
     Container { id: String, image: String, docker_host: String, networks: Vec<String> },
 }
@@ -158,6 +166,18 @@ impl Entry {
     }
 }
 
+/// How a recorded process tree is held: the proof a sweep can use when its owner is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase")]
+pub enum Contained {
+    /// A cgroup of its own: every member is the guard's, whatever its environment says.
+    Cgroup { cgroup: PathBuf },
+    /// A keeper (pid, start time): its descendants are the tree.
+    Keeper { keeper: ProcId },
+    /// Marker only.
+    Marker,
+}
+
 /// What a ledger directory holds: the records that parse, and why the others do not.
 #[derive(Debug, Default)]
 pub struct Contents {
@@ -196,6 +216,8 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
         }
         match read_record(&path, uid) {
             Ok(record) => contents.records.push((path, record)),
+            // Removed between the listing and the read: a guard's clean teardown, not a problem.
+            Err(_) if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {}
             Err(reason) => contents.unreadable.push((path, reason)),
         }
     }

@@ -26,6 +26,7 @@ compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_S
 mod budget;
 #[cfg(feature = "docker")]
 mod container;
+pub mod containment;
 #[cfg(feature = "docker")]
 mod docker_engine;
 mod error;
@@ -35,9 +36,12 @@ pub mod identity;
 pub mod ledger;
 #[cfg(feature = "mcp")]
 mod mcp;
+mod member;
 pub mod ownership;
 mod process;
 pub mod procfs;
+mod reexec;
+mod registry;
 pub mod scope;
 mod stderr_ring;
 pub mod supervise;
@@ -52,6 +56,7 @@ pub use container::{
     Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
     LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
 };
+pub use containment::Containment;
 #[cfg(feature = "docker")]
 pub use docker_engine::DEFAULT_DOCKER_HOST;
 pub use error::{Error, Result};
@@ -60,8 +65,8 @@ pub use identity::OwnerId;
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 pub use process::{
-    Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_TERM_GRACE, ENV_EOF_GRACE,
-    ENV_TERM_GRACE,
+    shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_TERM_GRACE,
+    ENV_EOF_GRACE, ENV_TERM_GRACE,
 };
 pub use procfs::ProcId;
 pub use reapkit_macros::test;

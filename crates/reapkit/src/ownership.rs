@@ -66,7 +66,7 @@ fn run_id() -> String {
         if valid_id(&value) {
             return Some(value);
         }
-        crate::teardown::warn(&format!(
+        crate::error::warn(&format!(
             "reapkit: ignoring {k}={:?}: a run id is 1 to 128 letters, digits and `._-+@:`",
             crate::escape::evidence(&value)
         ));
@@ -124,6 +124,18 @@ pub fn next_guard_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = &Owner::current().id;
     format!("g{}-{}-{}-{}", id.process.pid, id.process.start_time, id.pidns, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The owner a guard id names (`g<pid>-<start>-<pidns>-<n>`, on this boot: the cgroups it
+/// names do not outlive one), or `None` for anything else.
+pub fn owner_of_guard(guard: &str) -> Option<OwnerId> {
+    let mut parts = guard.strip_prefix('g')?.split('-');
+    let (pid, start, pidns, seq) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || seq.parse::<u64>().is_err() {
+        return None;
+    }
+    let boot = &crate::identity::Viewpoint::current().boot;
+    format!("{pid}:{start}:{pidns}:{boot}").parse().ok()
 }
 
 /// The name of the test running on this thread.

@@ -5,22 +5,23 @@
 //! subreaper flag on the test process, a ledger record and the stderr drain.
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::budget::{Budget, BudgetWatch};
+use crate::containment::{self, cgroup::GuardCgroup, keeper, Containment};
 use crate::error::{Error, Result};
 use crate::ledger;
+use crate::member::Member;
 use crate::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{self, ProcId};
-use crate::scope::Attachment;
+use crate::registry::{self, Attachment};
 use crate::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
 use crate::sys;
-use crate::teardown::{self, Teardown};
-use crate::watchdog;
+pub use crate::teardown::Graces;
+use crate::teardown::{self, Holder, Teardown, Tree};
 
 /// How long to wait for the child to exit by itself after its stdin closes.
 ///
@@ -33,15 +34,6 @@ pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(2);
 pub const ENV_EOF_GRACE: &str = "REAPKIT_EOF_GRACE";
 /// Environment override of the SIGTERM grace, e.g. `REAPKIT_TERM_GRACE=5s`.
 pub const ENV_TERM_GRACE: &str = "REAPKIT_TERM_GRACE";
-
-/// The two waits of the teardown protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Graces {
-    /// After closing stdin (and our end of stdout): wait this long for a clean exit.
-    pub eof: Duration,
-    /// After SIGTERM to the group: wait this long before SIGKILL.
-    pub term: Duration,
-}
 
 impl Graces {
     /// The defaults, overridden by `REAPKIT_EOF_GRACE` / `REAPKIT_TERM_GRACE` when set.
@@ -57,30 +49,8 @@ fn duration_from_env(var: &'static str) -> Result<Option<Duration>> {
     match std::env::var(var) {
         Ok(value) if !value.trim().is_empty() => humantime::parse_duration(value.trim())
             .map(Some)
-            .map_err(|e| Error::Config { var, value, reason: e.to_string() }),
+            .map_err(|e| Error::Config { var, value, reason: format!("{e}. Use a duration such as `300ms` or `2s`") }),
         _ => Ok(None),
-    }
-}
-
-/// A process of the guard's tree, held by pidfd so that a recycled pid is never signalled.
-#[derive(Debug)]
-pub(crate) struct Member {
-    pub(crate) id: ProcId,
-    pub(crate) pidfd: OwnedFd,
-}
-
-impl Member {
-    /// Opens a pidfd for `id` and checks, *after* opening it, that the pid still has the same
-    /// start time: then the fd names that very process, and can never name another.
-    pub(crate) fn open(id: ProcId) -> Option<Member> {
-        let pidfd = sys::pidfd_open(id.pid).ok()?;
-        ProcId::of(id.pid).filter(|now| *now == id).map(|id| Member { id, pidfd })
-    }
-
-    /// Whether it has exited (a zombie counts as exited).
-    pub(crate) fn has_exited(&self) -> bool {
-        use std::os::fd::AsFd;
-        sys::wait_readable(self.pidfd.as_fd(), Instant::now())
     }
 }
 
@@ -94,9 +64,18 @@ pub struct ProcessBuilder {
     ring_bytes: usize,
     scan_proc: bool,
     ledger_dir: Option<PathBuf>,
+    containment: Option<Containment>,
 }
 
 impl ProcessBuilder {
+    /// How the guard holds its tree (default: `REAPKIT_CONTAINMENT`, else the strongest this
+    /// machine allows — see [`Containment`]). Asking for one the machine cannot give (a cgroup
+    /// without a writable cgroup2 subtree) is an error at spawn.
+    pub fn containment(mut self, containment: Containment) -> Self {
+        self.containment = Some(containment);
+        self
+    }
+
     /// The wait for a clean exit after stdin closes. Default [`DEFAULT_EOF_GRACE`], or `REAPKIT_EOF_GRACE`.
     pub fn eof_grace(mut self, grace: Duration) -> Self {
         self.eof_grace = Some(grace);
@@ -122,7 +101,9 @@ impl ProcessBuilder {
         self
     }
 
-    /// Whether teardown scans `/proc` for escapees carrying the guard's marker (default on).
+    /// With marker-only containment: whether teardown scans `/proc` for escapees carrying the
+    /// guard's marker (default on). The cgroup and keeper containments know their members
+    /// without a scan.
     ///
     /// Off saves ~4 µs per process on the machine per teardown; escapees re-parented to the
     /// test process (the subreaper) are still found, only ones that reached another
@@ -156,30 +137,61 @@ impl ProcessBuilder {
             term: pick(self.term_grace, Attachment::term_grace, env_graces.term),
         };
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
+        // Orphans of the tree come to this process (not to PID 1 or a runner's subreaper), where
+        // teardown reaps their zombies; under a keeper they stop at the keeper, which reaps them.
         ownership::become_subreaper();
-        watchdog::ensure(&ledger_dir);
-        if let Some(scope) = &scope {
-            scope.register(&ledger_dir, None);
-        }
+        registry::guard_starting(scope.as_ref(), &ledger_dir, None);
 
         let owner = Owner::current();
         let guard_id = ownership::next_guard_id();
         let test = Attachment::test_name(scope.as_ref());
         let program = self.command.get_program().to_string_lossy().into_owned();
+        let owner_marker = owner.marker();
         self.command
             .env(ENV_RUN_ID, &owner.run_id)
-            .env(ENV_OWNER, owner.marker())
+            .env(ENV_OWNER, &owner_marker)
             .env(ENV_GUARD, &guard_id)
             .env(ENV_TEST, &test)
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(self.stdout.take().unwrap_or_else(Stdio::null))
             .stderr(Stdio::piped());
-        let mut child = self.command.spawn().map_err(|source| spawn_error(&program, source))?;
+
+        let requested = containment::requested(self.containment)?;
+        let mode = requested.unwrap_or_else(containment::auto);
+        let (mut child, holder) = match mode {
+            Containment::Cgroup => match GuardCgroup::create(&guard_id) {
+                Ok((cg, procs)) => {
+                    containment::cgroup::join_on_exec(&mut self.command, &procs);
+                    let child = self.command.spawn();
+                    drop(procs);
+                    match child {
+                        Ok(child) => (child, Some(Holder::Cgroup(cg))),
+                        Err(source) => {
+                            let _ = cg.remove();
+                            return Err(spawn_error(&program, source));
+                        }
+                    }
+                }
+                Err(e) if requested.is_some() => {
+                    return Err(Error::Unsupported {
+                        what: "a writable cgroup2 subtree (containment cgroup)",
+                        source: e,
+                    })
+                }
+                Err(_) => {
+                    // Not writable here (not root, no delegated subtree): keepers from now on.
+                    containment::cgroups_refused();
+                    (self.spawn_with_keeper(&owner.id, &guard_id, &test, graces.term, &program)?, None)
+                }
+            },
+            Containment::Keeper => (self.spawn_with_keeper(&owner.id, &guard_id, &test, graces.term, &program)?, None),
+            Containment::Marker => (self.command.spawn().map_err(|source| spawn_error(&program, source))?, None),
+        };
 
         let pid = child.id() as i32;
         // The child is ours and not yet waited for, so its pid cannot be recycled here.
-        let leader = match sys::pidfd_open(pid) {
+        let direct = match sys::pidfd_open(pid) {
             Ok(pidfd) => Member { id: ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 }), pidfd },
             Err(source) => {
                 // Without a pidfd we cannot tear down safely: undo the spawn and say why.
@@ -191,20 +203,50 @@ impl ProcessBuilder {
                 return Err(Error::Unsupported { what: "pidfd_open", source });
             }
         };
+        let (leader, holder) = match holder {
+            Some(holder) => (direct, holder),
+            None if mode == Containment::Marker => {
+                let since = direct.id.start_time;
+                (direct, Holder::Marker { since })
+            }
+            // A keeper: the server is its only child, kept unreaped for us until it exits itself.
+            None => match keeper::server_of(pid).and_then(Member::open) {
+                Some(server) => (server, Holder::Keeper(direct)),
+                None => {
+                    let _ = sys::pidfd_signal(std::os::fd::AsFd::as_fd(&direct.pidfd), libc::SIGKILL);
+                    let status = child.wait();
+                    return Err(Error::Spawn {
+                        program,
+                        source: std::io::Error::other(format!("its keeper started no server ({status:?})")),
+                        hint: "Check that the test binary can re-execute itself (/proc/self/exe), or use \
+                               REAPKIT_CONTAINMENT=marker"
+                            .into(),
+                    });
+                }
+            },
+        };
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().and_then(|s| StderrRing::start(s, self.ring_bytes).ok());
+        let contained = match &holder {
+            Holder::Cgroup(cg) => ledger::Contained::Cgroup { cgroup: cg.dir().to_path_buf() },
+            Holder::Keeper(k) => ledger::Contained::Keeper { keeper: k.id },
+            Holder::Marker { .. } => ledger::Contained::Marker,
+        };
         let mut guard = ProcessGuard {
-            id: guard_id,
+            tree: Tree {
+                id: guard_id,
+                leader,
+                child,
+                holder,
+                stdin,
+                stdout,
+                stderr,
+                graces,
+                scan_proc: self.scan_proc,
+                ledger: None,
+            },
             program,
-            leader,
-            child,
-            stdin,
-            stdout,
-            stderr,
-            graces,
-            scan_proc: self.scan_proc,
-            ledger: None,
             spawned: Instant::now(),
             report: None,
         };
@@ -214,13 +256,34 @@ impl ProcessBuilder {
             .collect();
         let cwd = self.command.get_current_dir().map(PathBuf::from).or_else(|| std::env::current_dir().ok());
         let record = ledger::Record::new(
-            guard.id.clone(),
+            guard.tree.id.clone(),
             test,
-            ledger::Resource::Process { process: guard.leader.id, pgid: pid, command, cwd },
+            ledger::Resource::Process {
+                process: guard.tree.leader.id,
+                pgid: pid,
+                command,
+                cwd,
+                contained: Some(contained),
+            },
         );
         // On error `guard` drops here and tears the child down: nothing leaks.
-        guard.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
+        guard.tree.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
         Ok(guard)
+    }
+
+    /// Spawns the command below a keeper of its own (see [`keeper`]).
+    fn spawn_with_keeper(
+        &mut self,
+        owner: &crate::identity::OwnerId,
+        guard: &str,
+        test: &str,
+        grace: Duration,
+        program: &str,
+    ) -> Result<Child> {
+        let run_id = Owner::current().run_id.clone();
+        let markers = keeper::markers(&run_id, guard, test);
+        keeper::fork_on_exec(&mut self.command, owner, &markers, grace);
+        self.command.spawn().map_err(|source| spawn_error(program, source))
     }
 }
 
@@ -258,16 +321,8 @@ fn spawn_error(program: &str, source: std::io::Error) -> Error {
 /// ```
 #[derive(Debug)]
 pub struct ProcessGuard {
-    pub(crate) id: String,
+    pub(crate) tree: Tree,
     pub(crate) program: String,
-    pub(crate) leader: Member,
-    pub(crate) child: Child,
-    pub(crate) stdin: Option<ChildStdin>,
-    pub(crate) stdout: Option<ChildStdout>,
-    pub(crate) stderr: Option<StderrRing>,
-    pub(crate) graces: Graces,
-    pub(crate) scan_proc: bool,
-    pub(crate) ledger: Option<ledger::Entry>,
     spawned: Instant,
     report: Option<Teardown>,
 }
@@ -281,9 +336,11 @@ pub struct ProcessInfo {
     pub rss_bytes: u64,
     pub fds: usize,
     pub threads: u64,
-    /// Live processes below it, across sessions (a double-forked daemon re-parented to the
-    /// test process is not below it any more: teardown finds those by marker).
+    /// Live processes below it, across sessions (a double-forked daemon re-parented away is not
+    /// below it any more; its containment still holds it).
     pub descendants: Vec<ProcId>,
+    /// How the guard holds its tree: what its teardown can vouch for.
+    pub containment: Containment,
 }
 
 impl ProcessGuard {
@@ -297,6 +354,7 @@ impl ProcessGuard {
             ring_bytes: DEFAULT_RING_BYTES,
             scan_proc: true,
             ledger_dir: None,
+            containment: None,
         }
     }
 
@@ -307,17 +365,17 @@ impl ProcessGuard {
 
     /// The guard id: the value of `REAPKIT_GUARD` in the child's environment.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.tree.id
     }
 
-    /// The child's pid (also its process group id).
+    /// The child's pid (also its process group id). Under a keeper, still the server's own.
     pub fn pid(&self) -> i32 {
-        self.leader.id.pid
+        self.tree.leader.id.pid
     }
 
     /// The child's identity: pid and start time.
     pub fn proc_id(&self) -> ProcId {
-        self.leader.id
+        self.tree.leader.id
     }
 
     /// The program as given to the builder.
@@ -327,38 +385,43 @@ impl ProcessGuard {
 
     /// The graces this guard tears down with.
     pub fn graces(&self) -> Graces {
-        self.graces
+        self.tree.graces
+    }
+
+    /// How this guard holds its tree.
+    pub fn containment(&self) -> Containment {
+        self.tree.holder.containment()
     }
 
     /// The child's stdin; closing it (dropping the guard) is the polite "please exit".
     pub fn stdin(&mut self) -> Option<&mut ChildStdin> {
-        self.stdin.as_mut()
+        self.tree.stdin.as_mut()
     }
 
     /// Takes the child's stdout, if it was piped.
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.stdout.take()
+        self.tree.stdout.take()
     }
 
     /// The last bytes the child wrote to stderr.
     pub fn stderr_tail(&self) -> String {
-        self.stderr.as_ref().map(StderrRing::tail).unwrap_or_default()
+        self.tree.stderr.as_ref().map(StderrRing::tail).unwrap_or_default()
     }
 
     /// The path of this guard's ledger record, while it exists.
     pub fn ledger_path(&self) -> Option<&std::path::Path> {
-        self.ledger.as_ref().map(ledger::Entry::path)
+        self.tree.ledger.as_ref().map(ledger::Entry::path)
     }
 
     /// Whether the child itself has exited (its descendants may live on).
     pub fn has_exited(&self) -> bool {
-        self.leader.has_exited()
+        self.tree.leader.has_exited()
     }
 
     /// Pid, group, uptime, RSS, FD count, threads and live descendants of the child.
     pub fn info(&self) -> Result<ProcessInfo> {
         let pid = self.pid();
-        let usage = procfs::Usage::read(self.leader.id)
+        let usage = procfs::Usage::read(self.tree.leader.id)
             .map_err(|source| Error::Io { context: format!("reading /proc/{pid} of `{}`", self.program), source })?;
         Ok(ProcessInfo {
             pid,
@@ -368,6 +431,7 @@ impl ProcessGuard {
             fds: usage.fds,
             threads: usage.threads,
             descendants: usage.descendants,
+            containment: self.containment(),
         })
     }
 
@@ -375,7 +439,7 @@ impl ProcessGuard {
     /// warm-up). The watch copies the child's identity instead of borrowing the guard, so the
     /// workload between samples may use the guard, or the `McpServer` around it, mutably.
     pub fn watch(&self, budget: Budget) -> Result<BudgetWatch> {
-        BudgetWatch::start(self.leader.id, self.program.clone(), budget)
+        BudgetWatch::start(self.tree.leader.id, self.program.clone(), budget)
     }
 
     /// Tears the whole tree down now and reports how it went.
@@ -388,10 +452,34 @@ impl ProcessGuard {
         if let Some(report) = &self.report {
             return report.clone();
         }
-        let report = teardown::run(self);
+        let report = teardown::run(&mut self.tree);
         self.report = Some(report.clone());
         report
     }
+}
+
+/// Tears many guards down in one wave — EOF to all, one grace, SIGTERM to all, one grace,
+/// SIGKILL — so that N servers cost about one set of graces (the longest), not N. Reports in
+/// the order of `guards`.
+///
+/// ```
+/// let guards: Vec<reapkit::ProcessGuard> = (0..3)
+///     .map(|_| reapkit::ProcessGuard::spawn(std::process::Command::new("cat")))
+///     .collect::<Result<_, _>>()?;
+/// let reports = reapkit::shutdown_all(guards);
+/// assert!(reports.iter().all(reapkit::Teardown::is_clean));
+/// # Ok::<(), reapkit::Error>(())
+/// ```
+pub fn shutdown_all(guards: impl IntoIterator<Item = ProcessGuard>) -> Vec<Teardown> {
+    let mut guards: Vec<ProcessGuard> = guards.into_iter().collect();
+    let pending: Vec<usize> = (0..guards.len()).filter(|&i| guards[i].report.is_none()).collect();
+    let mut trees: Vec<&mut Tree> =
+        guards.iter_mut().enumerate().filter(|(i, _)| pending.contains(i)).map(|(_, g)| &mut g.tree).collect();
+    let reports = teardown::run_all(&mut trees);
+    for (i, report) in pending.into_iter().zip(reports) {
+        guards[i].report = Some(report);
+    }
+    guards.iter_mut().map(ProcessGuard::teardown).collect()
 }
 
 impl Drop for ProcessGuard {
@@ -403,13 +491,13 @@ impl Drop for ProcessGuard {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.teardown()));
         match outcome {
             Ok(report) if report.is_clean() => {}
-            Ok(report) => teardown::warn(&format!(
+            Ok(report) => crate::error::warn(&format!(
                 "reapkit: teardown of `{}` (guard {}) was not clean: {report}",
-                self.program, self.id
+                self.program, self.tree.id
             )),
-            Err(_) => teardown::warn(&format!(
+            Err(_) => crate::error::warn(&format!(
                 "reapkit: teardown of `{}` (guard {}) panicked; its tree may be left running",
-                self.program, self.id
+                self.program, self.tree.id
             )),
         }
     }

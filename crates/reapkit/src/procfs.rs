@@ -295,6 +295,11 @@ impl MarkerScan {
         self.environ_matches(pid, |environ| environ_has(environ, entry)) && is_ours(pid)
     }
 
+    /// Whether `pid` is ours and carries any variable starting with `prefix` (`REAPKIT_`).
+    pub fn carries_prefix(&mut self, pid: i32, prefix: &[u8]) -> bool {
+        self.environ_matches(pid, |environ| environ.split(|&b| b == 0).any(|e| e.starts_with(prefix))) && is_ours(pid)
+    }
+
     /// Why the last scans may have missed processes: the descriptor limit was hit.
     pub fn exhausted(&self) -> Option<&io::Error> {
         self.exhausted.as_ref()

@@ -15,8 +15,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{Error, Result};
 use crate::identity::OwnerId;
+use crate::member::Member;
 use crate::ownership::{self, Owner, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR};
-use crate::process::Member;
 use crate::procfs::ProcId;
 use crate::sweep::{Findings, Report, Scope, Sweep, EXIT_LEAKS, EXIT_UNCHECKED};
 use crate::{sys, teardown};

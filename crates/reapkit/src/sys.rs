@@ -8,10 +8,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// `PIDFD_SIGNAL_PROCESS_GROUP` from `<linux/pidfd.h>` (Linux 6.9): deliver to the process
-/// group whose leader the pidfd names. It keeps working after the leader has been reaped.
-const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
-
 /// Opens a pidfd for `pid`. The fd names one process for its whole life: signals sent through
 /// it can never reach a later process that recycled the pid.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -27,13 +23,6 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Sends `sig` to the process behind `pidfd`.
 pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     pidfd_send(pidfd, sig, 0)
-}
-
-/// Sends `sig` to the process group led by the process behind `pidfd`.
-///
-/// Returns `Err` with `EINVAL` on kernels older than 6.9; the caller falls back to `killpg`.
-pub(crate) fn pidfd_signal_group(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    pidfd_send(pidfd, sig, PIDFD_SIGNAL_PROCESS_GROUP)
 }
 
 fn pidfd_send(pidfd: BorrowedFd<'_>, sig: i32, flags: libc::c_uint) -> io::Result<()> {
@@ -81,8 +70,32 @@ pub(crate) fn wait_all_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> us
 /// Waits until at least one of `fds` is readable (or hung up) or `deadline` passes.
 /// Returns the indices of the ready ones; empty on timeout.
 pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> Vec<usize> {
+    let polled: Vec<_> = fds.iter().map(|fd| (*fd, libc::POLLIN)).collect();
+    poll_for(&polled, deadline)
+}
+
+/// Waits until `read` is readable or `write` (if any) is writable, or `deadline` passes.
+/// Returns (readable, writable); a hang-up or error counts as ready, so the caller's read or
+/// write sees it. Both `false` means the deadline passed.
+pub(crate) fn wait_pipes(read: BorrowedFd<'_>, write: Option<BorrowedFd<'_>>, deadline: Instant) -> (bool, bool) {
+    let mut fds = vec![(read, libc::POLLIN)];
+    fds.extend(write.map(|w| (w, libc::POLLOUT)));
+    let ready = poll_for(&fds, deadline);
+    (ready.contains(&0), ready.contains(&1))
+}
+
+/// Waits until `fd` reports an exceptional condition (POLLPRI: a kernfs file such as
+/// `cgroup.events` changed) or `deadline` passes; `true` if it did.
+pub(crate) fn wait_priority(fd: BorrowedFd<'_>, deadline: Instant) -> bool {
+    !poll_for(&[(fd, libc::POLLPRI)], deadline).is_empty()
+}
+
+/// One `poll` over `fds`, each with its events, until one is ready or `deadline` passes (EINTR
+/// retried). Returns the indices of the ready ones; empty on timeout. A bad fd counts as ready,
+/// so that the caller sees its error.
+pub(crate) fn poll_for(fds: &[(BorrowedFd<'_>, libc::c_short)], deadline: Instant) -> Vec<usize> {
     let mut polled: Vec<libc::pollfd> =
-        fds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        fds.iter().map(|(fd, events)| libc::pollfd { fd: fd.as_raw_fd(), events: *events, revents: 0 }).collect();
     loop {
         // SAFETY: `polled` is a valid array of pollfd of the given length.
         let rc = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout_ms(deadline)) };
@@ -90,34 +103,10 @@ pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> Ve
             return (0..polled.len()).filter(|&i| polled[i].revents != 0).collect();
         }
         if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // A bad fd: report every fd as ready so callers read and see the error themselves.
             return (0..polled.len()).collect();
         }
         if rc == 0 && Instant::now() >= deadline {
             return Vec::new();
-        }
-    }
-}
-
-/// Waits until `read` is readable or `write` (if any) is writable, or `deadline` passes.
-/// Returns (readable, writable); a hang-up or error counts as ready, so the caller's read or
-/// write sees it. Both `false` means the deadline passed.
-pub(crate) fn wait_pipes(read: BorrowedFd<'_>, write: Option<BorrowedFd<'_>>, deadline: Instant) -> (bool, bool) {
-    let mut polled = vec![libc::pollfd { fd: read.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-    if let Some(w) = write {
-        polled.push(libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
-    }
-    loop {
-        // SAFETY: `polled` is a valid array of pollfd of the given length.
-        let rc = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout_ms(deadline)) };
-        if rc > 0 {
-            return (polled[0].revents != 0, polled.get(1).is_some_and(|p| p.revents != 0));
-        }
-        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return (true, write.is_some());
-        }
-        if rc == 0 && Instant::now() >= deadline {
-            return (false, false);
         }
     }
 }

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use crate::identity::OwnerId;
 use crate::ledger;
+use crate::member::Member;
 use crate::ownership::{
     Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
-use crate::process::Member;
 use crate::procfs::{ProcId, Stat};
 use crate::sweep::{DockerCheck, Scope, Sweep};
 use crate::sys;
@@ -38,6 +38,9 @@ pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
 /// An argument no program understands, so that a binary in which the constructor did not run
 /// exits at once instead of running its `main` (a test binary would run every test).
 const WATCHDOG_ARG: &str = "--reapkit-watchdog";
+
+/// Sweeps the watchdog repeats while they still end processes.
+const SWEEP_ROUNDS: usize = 3;
 
 /// The watchdogs this process started: ledger directory and pid.
 static STARTED: Mutex<Vec<(PathBuf, i32)>> = Mutex::new(Vec::new());
@@ -60,7 +63,7 @@ pub(crate) fn ensure(ledger_dir: &Path) {
     }
     match spawn(ledger_dir) {
         Ok(pid) => started.push((ledger_dir.to_path_buf(), pid)),
-        Err(e) => crate::teardown::warn(&format!(
+        Err(e) => crate::error::warn(&format!(
             "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
              until `reapkit reap` runs{}",
             crate::error::fd_limit_hint(&e).map_or_else(String::new, |hint| format!(". {hint}"))
@@ -108,15 +111,8 @@ fn direct_supervisor() -> Option<OwnerId> {
     (ProcId::of(parent).map(OwnerId::here) == Some(named.clone())).then_some(named)
 }
 
-/// The watchdog's `main`, run before the real one when `REAPKIT_WATCHDOG_OWNER` is set.
-#[ctor::ctor(unsafe)]
-fn watchdog_entry() {
-    if let Some(owner) = std::env::var_os(ENV_WATCHDOG_OWNER) {
-        std::process::exit(watch(&owner.to_string_lossy()));
-    }
-}
-
-fn watch(owner: &str) -> i32 {
+/// The watchdog's `main` (see [`crate::reexec`]): waits for its owner's death, then reaps.
+pub(crate) fn watch(owner: &str) -> i32 {
     // Our owner is our parent: same boot, same namespace. Anything else is not ours to watch.
     let Ok(owner) = owner.parse::<OwnerId>() else { return 2 };
     if owner != OwnerId::here(owner.process) {
@@ -131,14 +127,23 @@ fn watch(owner: &str) -> i32 {
         .and_then(|v| humantime::parse_duration(v.trim()).ok())
         .unwrap_or(DEFAULT_WATCHDOG_GRACE);
     let dir = std::env::var_os(ENV_LEDGER_DIR).map_or_else(ledger::default_dir, PathBuf::from);
-    let report = Sweep::new(Scope::Owner(owner))
-        .ledger_dir(dir)
-        .docker(DockerCheck::RecordsOnly)
-        .grace(grace)
-        .keeping_evidence()
-        .find()
-        .reap();
-    i32::from(!report.unchecked.is_empty())
+    // Again while it finds something: a tree that forks while it is ended leaves new processes
+    // that the first sweep could not see.
+    let mut unchecked = false;
+    for _ in 0..SWEEP_ROUNDS {
+        let report = Sweep::new(Scope::Owner(owner.clone()))
+            .ledger_dir(&dir)
+            .docker(DockerCheck::RecordsOnly)
+            .grace(grace)
+            .keeping_evidence()
+            .find()
+            .reap();
+        unchecked |= !report.unchecked.is_empty();
+        if report.leaks.iter().all(|l| l.action != crate::sweep::Action::Killed) {
+            break;
+        }
+    }
+    i32::from(unchecked)
 }
 
 /// Blocks until `id` has exited (at once if it already has, or its pid was recycled).

@@ -45,6 +45,14 @@
 //!   A client that writes to it without a deadline blocks forever.
 //! * `--flood-pings-after-init`: answer `initialize`, then do as
 //!   `--flood-pings`: a server that stops reading in the middle of a session.
+//! * `--escape-clean-env TOKEN`: start `sleep TOKEN` through `setsid sh -c '… &'` with a
+//!   cleared environment (only `PATH`, as the MCP SDKs' stdio clients give a server): a
+//!   double-forked daemon in a session of its own that carries no marker at all.
+//! * `--escape-clean-env-group TOKEN`: the same without `setsid`: it stays in the group.
+//! * `--leave-group`: move into the parent's process group at start (before any child).
+//! * `--drop-uid TOKEN`: start `sleep TOKEN` as user `nobody` (through `setpriv`).
+//! * `--fork-storm TOKEN`: start a child that forks `sleep TOKEN` every 5 ms, forever (at
+//!   most 2000), like a server respawning workers while it is torn down.
 //! * `--sleep-forever` (internal): block forever without reading stdin. The
 //!   children of `--children`, `--escape` and `spawn_child` run this mode.
 //! * `--daemonize` (internal): call `setsid()`, start a `--sleep-forever`
@@ -66,7 +74,9 @@ use serde_json::{json, Value};
 
 const USAGE: &str = "usage: fixture-server [--ignore-eof] [--ignore-sigterm] [--children N] \
 [--escape] [--crash-at-start] [--stderr-mb N] [--delay-ms N] [--leak-fds K] [--garbage] \
-[--exit-after-init] [--flood-pings] [--flood-pings-after-init] [--sleep-forever] [--daemonize]";
+[--exit-after-init] [--flood-pings] [--flood-pings-after-init] [--escape-clean-env TOKEN] \
+[--escape-clean-env-group TOKEN] [--leave-group] [--drop-uid TOKEN] [--fork-storm TOKEN] [--sleep-forever] \
+[--daemonize]";
 
 /// The command-line flags; see the module documentation.
 #[derive(Default)]
@@ -83,6 +93,12 @@ struct Config {
     exit_after_init: bool,
     flood_pings: bool,
     flood_pings_after_init: bool,
+    escape_clean_env: Option<String>,
+    escape_clean_env_group: Option<String>,
+    leave_group: bool,
+    drop_uid: Option<String>,
+    fork_storm: Option<String>,
+    forker: Option<String>,
     sleep_forever: bool,
     daemonize: bool,
 }
@@ -106,6 +122,12 @@ impl Config {
                 "--exit-after-init" => cfg.exit_after_init = true,
                 "--flood-pings" => cfg.flood_pings = true,
                 "--flood-pings-after-init" => cfg.flood_pings_after_init = true,
+                "--escape-clean-env" => cfg.escape_clean_env = Some(token(&flag, args.next())),
+                "--escape-clean-env-group" => cfg.escape_clean_env_group = Some(token(&flag, args.next())),
+                "--leave-group" => cfg.leave_group = true,
+                "--drop-uid" => cfg.drop_uid = Some(token(&flag, args.next())),
+                "--fork-storm" => cfg.fork_storm = Some(token(&flag, args.next())),
+                "--forker" => cfg.forker = Some(token(&flag, args.next())),
                 "--sleep-forever" => cfg.sleep_forever = true,
                 "--daemonize" => cfg.daemonize = true,
                 _ => usage_error(&format!("unknown flag {flag:?}")),
@@ -123,6 +145,14 @@ fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> T {
             let got = value.as_deref().unwrap_or("nothing");
             usage_error(&format!("{flag} needs a non-negative number, got {got:?}"))
         }
+    }
+}
+
+/// The token that follows `flag`: a number `sleep` accepts (`1301.42`), or exits 2.
+fn token(flag: &str, value: Option<String>) -> String {
+    match value {
+        Some(t) if t.parse::<f64>().is_ok() => t,
+        _ => usage_error(&format!("{flag} needs a number for `sleep`, got {value:?}")),
     }
 }
 
@@ -374,6 +404,48 @@ fn escape(exe: &Path, ignore_sigterm: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// The escape classes: processes that leave the tree by every route a marker-based reaper
+/// cannot follow.
+fn start_escapes(cfg: &Config, exe: &Path) -> io::Result<()> {
+    let clean_sh = |token: &str, setsid: bool| {
+        let mut cmd = Command::new(if setsid { "setsid" } else { "sh" });
+        if setsid {
+            cmd.arg("sh");
+        }
+        cmd.arg("-c").arg(format!("sleep {token} &")).env_clear().env("PATH", "/usr/bin:/bin");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    };
+    if let Some(token) = &cfg.escape_clean_env {
+        clean_sh(token, true).status()?;
+    }
+    if let Some(token) = &cfg.escape_clean_env_group {
+        clean_sh(token, false).status()?;
+    }
+    if let Some(token) = &cfg.drop_uid {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", token]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    }
+    if let Some(token) = &cfg.fork_storm {
+        let mut cmd = Command::new(exe);
+        cmd.args(["--forker", token]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    }
+    Ok(())
+}
+
+/// `--forker TOKEN` (internal): a new `sleep TOKEN` every 5 ms, its exited children reaped.
+fn fork_storm(token: &str) -> ! {
+    for _ in 0..2000 {
+        let _ =
+            Command::new("sleep").arg(token).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        // SAFETY: reaps our own exited children, never blocks.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        thread::sleep(Duration::from_millis(5));
+    }
+    block_forever()
+}
+
 /// `--flood-pings`: server-to-client pings until the client goes away (EPIPE exits 0); stdin
 /// is never read again.
 fn flood_pings() -> ! {
@@ -395,6 +467,16 @@ fn main() {
     }
     if cfg.sleep_forever {
         block_forever();
+    }
+    if let Some(token) = &cfg.forker {
+        fork_storm(token);
+    }
+    if cfg.leave_group {
+        // SAFETY: plain syscalls on our own process.
+        let rc = unsafe { libc::setpgid(0, libc::getpgid(libc::getppid())) };
+        if rc != 0 {
+            eprintln!("fixture-server: cannot leave the group: {}", io::Error::last_os_error());
+        }
     }
 
     let exe = std::env::current_exe().unwrap_or_else(|e| {
@@ -422,6 +504,9 @@ fn main() {
         if let Err(e) = escape(&exe, cfg.ignore_sigterm) {
             eprintln!("fixture-server: cannot escape: {e}");
         }
+    }
+    if let Err(e) = start_escapes(&cfg, &exe) {
+        eprintln!("fixture-server: cannot start an escapee: {e}");
     }
     if cfg.stderr_mb > 0 {
         flood_stderr(cfg.stderr_mb);

@@ -7,6 +7,9 @@
 //! Flags:
 //! - `--no-container`: no container.
 //! - `--sleep N`: instead of the fixtures, one guard of `sleep N` (and no container).
+//! - `--fixture "FLAGS"`: instead of the fixtures, one guard of the fixture with these flags
+//!   (space-separated; no container).
+//! - `--containment MODE`: the guards' containment (`cgroup`, `keeper`, `marker`).
 //! - `--forget`: forget the guards and exit 0 at once (a test that leaks and passes).
 //! - `--forget-on-eof`: wait for stdin to close, then forget the guards and exit (an owner that
 //!   dies without dropping them, at a moment the caller chooses).
@@ -17,24 +20,38 @@ use std::process::Command;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
-    let sleep = args.iter().position(|a| a == "--sleep").and_then(|i| args.get(i + 1));
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let sleep = value("--sleep");
+    let one_fixture = value("--fixture");
+    let containment = value("--containment").map(|m| match m.as_str() {
+        "cgroup" => reapkit::Containment::Cgroup,
+        "keeper" => reapkit::Containment::Keeper,
+        "marker" => reapkit::Containment::Marker,
+        other => panic!("unknown containment {other:?}"),
+    });
     let fixture = std::env::current_exe().expect("own path").with_file_name("fixture-server");
     let fixture = |flags: &[&str]| {
         let mut cmd = Command::new(&fixture);
         cmd.args(flags);
         cmd
     };
-    let commands = match sleep {
-        Some(secs) => {
+    let commands = match (sleep, one_fixture) {
+        (Some(secs), _) => {
             let mut cmd = Command::new("sleep");
             cmd.arg(secs);
             vec![cmd]
         }
-        None => vec![fixture(&["--children", "2"]), fixture(&["--escape"])],
+        (None, Some(flags)) => vec![fixture(&flags.split_whitespace().collect::<Vec<_>>())],
+        (None, None) => vec![fixture(&["--children", "2"]), fixture(&["--escape"])],
     };
     let mut guards = Vec::new();
     for cmd in commands {
-        match reapkit::ProcessGuard::spawn(cmd) {
+        let builder = reapkit::ProcessGuard::builder(cmd);
+        let builder = match containment {
+            Some(mode) => builder.containment(mode),
+            None => builder,
+        };
+        match builder.spawn() {
             Ok(guard) => guards.push(guard),
             // What a user's test would print: the error's Display, and its Debug (libtest's).
             Err(e) => {
@@ -43,7 +60,7 @@ fn main() {
             }
         }
     }
-    let container = if flag("--no-container") || sleep.is_some() {
+    let container = if flag("--no-container") || sleep.is_some() || one_fixture.is_some() {
         None
     } else {
         Some(

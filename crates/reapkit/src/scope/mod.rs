@@ -24,21 +24,20 @@
 mod baseline;
 mod report;
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::fd_snapshot::{Fd, FdSnapshot};
+use crate::member::Member;
 use crate::ownership::{self, Owner};
-use crate::process::Member;
 use crate::procfs::{self, ProcId};
+use crate::registry::{self, Registered, Slot};
 use crate::sweep::{self, DockerCheck, Scope, Sweep};
 use crate::teardown;
 
@@ -114,107 +113,6 @@ fn one_test_thread() -> bool {
     }
     let args: Vec<String> = std::env::args().collect();
     args.iter().any(|a| a == "--test-threads=1") || args.windows(2).any(|w| w[0] == "--test-threads" && w[1] == "1")
-}
-
-/// The part of a scope that guards on any thread register with.
-struct Shared {
-    test: String,
-    isolation: Isolation,
-    eof_grace: Option<Duration>,
-    term_grace: Option<Duration>,
-    registered: Mutex<Registered>,
-    deferred: Mutex<Vec<Deferred>>,
-}
-
-type Deferred = Box<dyn FnOnce() + Send>;
-
-impl Shared {
-    fn defer(&self, teardown: Deferred) {
-        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).push(teardown);
-    }
-
-    /// The last deferred teardown, taken out so that it runs without the lock held (it may defer more).
-    fn pop_deferred(&self) -> Option<Deferred> {
-        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("test", &self.test).finish_non_exhaustive()
-    }
-}
-
-/// What guards of the scope were created, and where their records and containers are.
-#[derive(Debug, Default)]
-struct Registered {
-    ledger_dirs: Vec<PathBuf>,
-    docker_hosts: Vec<String>,
-}
-
-thread_local! {
-    /// The scopes entered on this thread, innermost last.
-    static CURRENT: RefCell<Vec<Arc<Shared>>> = const { RefCell::new(Vec::new()) };
-}
-/// Every scope not yet finished, in this process.
-static ACTIVE: Mutex<Vec<Arc<Shared>>> = Mutex::new(Vec::new());
-/// Guards created while several scopes were active, on a thread that had none: nobody's.
-static UNATTRIBUTED: AtomicUsize = AtomicUsize::new(0);
-
-fn active() -> std::sync::MutexGuard<'static, Vec<Arc<Shared>>> {
-    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The scope a guard being created belongs to, for [`ProcessGuard`](crate::ProcessGuard) and
-/// [`Container`](crate::Container) builders.
-#[derive(Debug)]
-pub(crate) struct Attachment(Arc<Shared>);
-
-impl Attachment {
-    /// This thread's scope, else the only one active in the process if its test runs alone
-    /// (a thread or task the test spawned). Never a guess: where other tests may run beside
-    /// it, even without scopes of their own, a guard of a thread without a scope is nobody's.
-    pub(crate) fn current() -> Option<Attachment> {
-        if let Some(shared) = CURRENT.with(|c| c.borrow().last().cloned()) {
-            return Some(Attachment(shared));
-        }
-        let active = active();
-        match active.as_slice() {
-            [] => None,
-            [only] if matches!(only.isolation, Isolation::OwnProcess | Isolation::OneThread) => {
-                Some(Attachment(Arc::clone(only)))
-            }
-            _ => {
-                UNATTRIBUTED.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// The test name a guard of `attachment` carries: the scope's, else this thread's test.
-    pub(crate) fn test_name(attachment: Option<&Attachment>) -> String {
-        attachment.map_or_else(ownership::current_test_name, |a| a.0.test.clone())
-    }
-
-    pub(crate) fn eof_grace(&self) -> Option<Duration> {
-        self.0.eof_grace
-    }
-
-    pub(crate) fn term_grace(&self) -> Option<Duration> {
-        self.0.term_grace
-    }
-
-    /// Records a guard whose ledger record goes to `ledger_dir` (and whose container lives on
-    /// `docker_host`): the scope sweeps those when the test ends.
-    pub(crate) fn register(&self, ledger_dir: &Path, docker_host: Option<&str>) {
-        let mut r = self.0.registered.lock().unwrap_or_else(|p| p.into_inner());
-        if !r.ledger_dirs.iter().any(|d| d == ledger_dir) {
-            r.ledger_dirs.push(ledger_dir.to_path_buf());
-        }
-        if let Some(host) = docker_host.filter(|h| !r.docker_hosts.iter().any(|k| k == h)) {
-            r.docker_hosts.push(host.to_owned());
-        }
-    }
 }
 
 /// Options of a [`TestScope`]; `#[reapkit::test(...)]` sets the same ones.
@@ -308,16 +206,9 @@ impl ScopeBuilder {
             .collect();
         let test = self.name.as_deref().map_or_else(ownership::current_test_name, ownership::sanitized_test_name);
         let isolation = Isolation::detect(self.serialized);
-        let shared = Arc::new(Shared {
-            test,
-            isolation,
-            eof_grace: self.eof_grace,
-            term_grace: self.term_grace,
-            registered: Mutex::default(),
-            deferred: Mutex::default(),
-        });
-        CURRENT.with(|c| c.borrow_mut().push(Arc::clone(&shared)));
-        active().push(Arc::clone(&shared));
+        let alone = matches!(isolation, Isolation::OwnProcess | Isolation::OneThread);
+        let shared = Arc::new(Slot::new(test, alone, self.eof_grace, self.term_grace));
+        registry::enter(&shared);
         let exact = isolation.is_exact();
         if exact {
             // Orphans of what the test starts then come to this process instead of PID 1: the
@@ -326,6 +217,7 @@ impl ScopeBuilder {
         }
         TestScope {
             shared,
+            isolation,
             allow,
             settle: self.settle,
             baseline: self.baseline,
@@ -338,7 +230,7 @@ impl ScopeBuilder {
                 None
             },
             fd_check: self.fd_check,
-            unattributed: UNATTRIBUTED.load(Ordering::Relaxed),
+            unattributed: registry::unattributed(),
             finished: false,
             not_send: PhantomData,
         }
@@ -362,7 +254,8 @@ impl ScopeBuilder {
 /// Dropping it unfinished finishes it, and panics with the report if something leaked (only
 /// prints it if the thread is already panicking).
 pub struct TestScope {
-    shared: Arc<Shared>,
+    shared: Arc<Slot>,
+    isolation: Isolation,
     allow: Vec<LeakPattern>,
     settle: Duration,
     baseline: Option<PathBuf>,
@@ -381,7 +274,7 @@ impl std::fmt::Debug for TestScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestScope")
             .field("test", &self.shared.test)
-            .field("isolation", &self.shared.isolation)
+            .field("isolation", &self.isolation)
             .finish_non_exhaustive()
     }
 }
@@ -403,7 +296,7 @@ impl TestScope {
     }
 
     pub fn isolation(&self) -> Isolation {
-        self.shared.isolation
+        self.isolation
     }
 
     /// Runs `teardown` when the scope finishes, before anything is checked; the last deferred
@@ -425,7 +318,7 @@ impl TestScope {
 
     fn conclude(&mut self) -> Result<(), Box<LeakReport>> {
         self.finished = true;
-        let mut report = LeakReport::new(self.shared.test.clone(), self.shared.isolation);
+        let mut report = LeakReport::new(self.shared.test.clone(), self.isolation);
         self.run_deferred(&mut report);
         self.leave();
         let baseline = Baseline::load(self.baseline.as_deref(), &self.shared.test).unwrap_or_else(|e| {
@@ -434,7 +327,7 @@ impl TestScope {
         });
         let accepted =
             |leak: &ScopeLeak| self.allow.iter().chain(baseline.entries.iter().map(|e| &e.pattern)).any(|p| leak.is(p));
-        let registered = std::mem::take(&mut *self.shared.registered.lock().unwrap_or_else(|p| p.into_inner()));
+        let registered = self.shared.take_registered();
         let mut checked = vec![];
         if !registered.ledger_dirs.is_empty() {
             self.sweep(&registered, &mut report);
@@ -443,7 +336,7 @@ impl TestScope {
                 checked.extend([LeakKind::Container, LeakKind::Network, LeakKind::Volume]);
             }
         }
-        if self.shared.isolation.is_exact() {
+        if self.isolation.is_exact() {
             self.check_children(&mut report);
             checked.push(LeakKind::Process);
         }
@@ -451,12 +344,12 @@ impl TestScope {
             Some(before) => {
                 report.leaks.extend(self.leaked_fds(before, &accepted));
                 checked.push(LeakKind::Fd);
-                report.notes.push(format!("FD table: {}", self.shared.isolation.describe()));
+                report.notes.push(format!("FD table: {}", self.isolation.describe()));
             }
             None if !self.fd_check => report.notes.push("FD table: not checked (fd_check = false)".into()),
-            None => report.notes.push(format!("FD table and children: {}", self.shared.isolation.describe())),
+            None => report.notes.push(format!("FD table and children: {}", self.isolation.describe())),
         }
-        let unattributed = UNATTRIBUTED.load(Ordering::Relaxed) - self.unattributed;
+        let unattributed = registry::unattributed() - self.unattributed;
         if unattributed > 0 {
             report.notes.push(format!(
                 "{unattributed} guards were created meanwhile on threads without a test scope while other tests may \
@@ -481,8 +374,7 @@ impl TestScope {
     /// `cargo test` the lock files of `#[file_serial]` that tests waiting for the lock hold.
     fn leaked_fds(&self, before: &[i32], accepted: &dyn Fn(&ScopeLeak) -> bool) -> Vec<ScopeLeak> {
         let lock = format!("fd:{}*", std::env::temp_dir().join(SERIAL_TEST_LOCK_PREFIX).display());
-        let lock =
-            (self.shared.isolation == Isolation::Serialized).then(|| LeakPattern::parse(&lock)).and_then(Result::ok);
+        let lock = (self.isolation == Isolation::Serialized).then(|| LeakPattern::parse(&lock)).and_then(Result::ok);
         let the_tests = |fd: &Fd| {
             let leak = ScopeLeak::fd(fd);
             let serial_lock = lock.as_ref().is_some_and(|p| leak.is(p));
@@ -517,8 +409,7 @@ impl TestScope {
 
     /// Detaches the scope: guards created from now on are not the test's any more.
     fn leave(&self) {
-        CURRENT.with(|c| c.borrow_mut().retain(|s| !Arc::ptr_eq(s, &self.shared)));
-        active().retain(|s| !Arc::ptr_eq(s, &self.shared));
+        registry::leave(&self.shared);
     }
 
     /// Ends whatever carries the test's marker, record or labels — guards still alive,
@@ -639,28 +530,23 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// scope.finish().unwrap();
 /// ```
 #[derive(Debug, Clone)]
-pub struct ScopeHandle(Arc<Shared>);
+pub struct ScopeHandle(Arc<Slot>);
 
 /// Keeps a thread attached to a scope; detaches it on drop.
 #[derive(Debug)]
-pub struct AttachedThread(Arc<Shared>);
+pub struct AttachedThread(Arc<Slot>);
 
 impl ScopeHandle {
     /// Attaches this thread to the scope until the returned value drops.
     pub fn enter(&self) -> AttachedThread {
-        CURRENT.with(|c| c.borrow_mut().push(Arc::clone(&self.0)));
+        registry::enter_thread(&self.0);
         AttachedThread(Arc::clone(&self.0))
     }
 }
 
 impl Drop for AttachedThread {
     fn drop(&mut self) {
-        CURRENT.with(|c| {
-            let mut scopes = c.borrow_mut();
-            if let Some(at) = scopes.iter().rposition(|s| Arc::ptr_eq(s, &self.0)) {
-                scopes.remove(at);
-            }
-        });
+        registry::leave_thread(&self.0);
     }
 }
 
@@ -686,7 +572,7 @@ pub fn scope<R: std::process::Termination>(body: impl FnOnce(&TestScope) -> R) -
 ///
 /// Panics when no scope is active: the teardown would otherwise never run.
 pub fn defer(teardown: impl FnOnce() + Send + 'static) {
-    let Some(Attachment(shared)) = Attachment::current() else {
+    let Some(registry::Attachment(shared)) = registry::Attachment::current() else {
         panic!("reapkit::defer outside a test scope: use #[reapkit::test], reapkit::scope or TestScope::enter")
     };
     shared.defer(Box::new(teardown));

@@ -33,10 +33,11 @@ mod scope;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::containment::cgroup::GuardCgroup;
 use crate::identity::{OwnerId, Viewpoint, Whereabouts};
 use crate::ledger::{self, Record, Resource};
+use crate::member::Member;
 use crate::ownership::{self, ENV_GUARD};
-use crate::process::Member;
 use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
 use crate::{sys, teardown};
 
@@ -171,6 +172,7 @@ impl Sweep {
             targets: Vec::new(),
             stale: Vec::new(),
             watchdogs: Vec::new(),
+            cgroups: Vec::new(),
             unchecked: Vec::new(),
             notes: Vec::new(),
             ledger_dir: dir.clone(),
@@ -225,13 +227,14 @@ impl Sweep {
             roots.push((me, Markers::default()));
         }
         for (root, markers) in roots {
-            f.push_descendants(root, &markers);
+            f.push_descendants(root, &markers, false);
         }
 
         let mut container_records = Vec::new();
         for (path, record) in contents.records {
             f.push_record(path, record, &mut container_records);
         }
+        f.push_unrecorded_cgroups();
         #[cfg(feature = "docker")]
         docker::find(self, container_records, &mut f);
         #[cfg(not(feature = "docker"))]
@@ -292,8 +295,10 @@ pub struct Findings {
     targets: Vec<Target>,
     /// Records whose resource is already gone: cleared without counting as leaks.
     stale: Vec<PathBuf>,
-    /// reapkit's own watchdogs in scope: ended without being reported as leaks.
+    /// reapkit's own watchdogs and keepers in scope: ended without being reported as leaks.
     watchdogs: Vec<ProcId>,
+    /// Cgroups of guards in scope: ended (`cgroup.kill`) and removed after their processes.
+    cgroups: Vec<GuardCgroup>,
     unchecked: Vec<String>,
     notes: Vec<String>,
     ledger_dir: PathBuf,
@@ -380,6 +385,11 @@ impl Findings {
     /// SIGKILL), Docker objects by forced removal with volumes; then clears their records.
     pub fn reap(mut self) -> Report {
         self.end_processes();
+        for cg in std::mem::take(&mut self.cgroups) {
+            if let Err(e) = teardown::end_cgroup(&cg, self.grace) {
+                self.unchecked.push(e);
+            }
+        }
         if self.judge.scope.supervises() {
             reap_adopted_zombies();
         }
@@ -537,10 +547,15 @@ impl Findings {
         }
     }
 
-    /// Live descendants of `root`: ours by ancestry, even without markers of their own.
-    fn push_descendants(&mut self, root: ProcId, inherited: &Markers) {
+    /// Live descendants of `root`: ours by ancestry, even without markers of their own; of our
+    /// user only, unless `any_uid` (a keeper's tree, which is containment).
+    fn push_descendants(&mut self, root: ProcId, inherited: &Markers, any_uid: bool) {
+        self.push_descendants_found_by(root, inherited, FoundBy::Descendant, any_uid);
+    }
+
+    fn push_descendants_found_by(&mut self, root: ProcId, inherited: &Markers, found_by: FoundBy, any_uid: bool) {
         for d in procfs::descendants(root.pid) {
-            if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || !procfs::is_ours(d.pid) {
+            if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || !(any_uid || procfs::is_ours(d.pid)) {
                 continue;
             }
             let own = processes::markers_of(d.pid);
@@ -554,7 +569,7 @@ impl Findings {
                 Some(o) => self.judge.owner_health(o, None).unwrap_or(OwnerHealth::Unknown),
                 None => OwnerHealth::Dead,
             };
-            self.push_process(d, markers, FoundBy::Descendant, owner, None);
+            self.push_process(d, markers, found_by, owner, None);
         }
     }
 
@@ -577,34 +592,33 @@ impl Findings {
         };
         // The process, as seen from here: its pid is one of its owner's namespace.
         let located = self.judge.ns.locate(process, record.owner.pidns, &record.owner.boot);
-        if let Whereabouts::Alive(here) = located {
-            if let Some(Target::Process { record: slot, .. }) =
-                self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == here))
-            {
-                *slot = Some((path, record));
-                return;
-            }
-        }
-        let owner = match self.judge.verdict(&claim) {
+        let verdict = self.judge.verdict(&claim);
+        let owner = match verdict {
             Verdict::Take(owner) => owner,
+            // Found already by other proof (its markers): the record is its evidence.
+            _ if self.attach(&located, &path, &record) => return,
             Verdict::Unchecked(why) => return self.unchecked_record(&path, &why),
             Verdict::Leave | Verdict::Collision => return,
         };
         if record.reaped.is_some() {
             return self.push_evidence(path, &record);
         }
+        // The containment first: what the kernel says is the tree, whatever it carries.
+        let markers = processes::record_markers(&record);
+        self.push_contained(&path, &record, &markers, owner);
+        if self.attach(&located, &path, &record) {
+            return;
+        }
         match located {
             // A zombie can no longer be harmed (nor prove anything): its guard was never dropped,
             // so the record is evidence of a leak, which ended when the process exited.
             Whereabouts::Alive(here) if Stat::read(here.pid).is_ok_and(|s| s.is_zombie()) => {
-                let markers = processes::record_markers(&record);
                 self.push_process(here, markers, FoundBy::Ledger, owner, Some((path, record)));
             }
             Whereabouts::Alive(here) => match corroborate(here, &record.guard) {
                 Ok(()) => {
-                    let markers = processes::record_markers(&record);
                     self.push_process(here, markers.clone(), FoundBy::Ledger, owner, Some((path, record)));
-                    self.push_descendants(here, &markers);
+                    self.push_descendants(here, &markers, false);
                 }
                 Err(why) => self.unchecked_record(
                     &path,
@@ -620,6 +634,80 @@ impl Findings {
             Whereabouts::OtherBoot => self.push_stale_boot(path, &record),
             Whereabouts::Gone(_) => self.stale.push(path),
             Whereabouts::Unknown(why) => self.unchecked_record(&path, &why),
+        }
+    }
+
+    /// Gives the record to the target already found for its process, if there is one.
+    fn attach(&mut self, located: &Whereabouts, path: &Path, record: &Record) -> bool {
+        let Whereabouts::Alive(here) = located else { return false };
+        match self.targets.iter_mut().find(|t| t.process().is_some_and(|(p, _)| p == *here)) {
+            Some(Target::Process { record: slot, .. }) => {
+                *slot = Some((path.to_path_buf(), record.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The members of a recorded guard's containment: its cgroup's processes, or its keeper's
+    /// descendants — of any uid: they started as the guard's, and the kernel kept them there.
+    fn push_contained(&mut self, path: &Path, record: &Record, markers: &Markers, owner: OwnerHealth) {
+        let Resource::Process { contained: Some(contained), .. } = &record.resource else { return };
+        match contained {
+            ledger::Contained::Cgroup { cgroup } => match checked_cgroup(cgroup, &record.guard) {
+                Ok(Some(cg)) => self.push_cgroup(cg, markers, owner),
+                Ok(None) => {} // gone, and everything in it
+                Err(why) => self.unchecked_record(path, &why),
+            },
+            ledger::Contained::Keeper { keeper } => {
+                let located = self.judge.ns.locate(*keeper, record.owner.pidns, &record.owner.boot);
+                let Whereabouts::Alive(here) = located else { return };
+                let entry = format!("{}={}", crate::containment::keeper::ENV_KEEPER_GUARD, record.guard);
+                if MarkerScan::new().carries(here.pid, entry.as_bytes()) {
+                    self.watchdogs.push(here);
+                    self.push_descendants_found_by(here, markers, FoundBy::Keeper, true);
+                }
+            }
+            ledger::Contained::Marker => {}
+        }
+    }
+
+    /// Every process of a guard's cgroup, and the cgroup itself, to end and remove.
+    fn push_cgroup(&mut self, cg: GuardCgroup, markers: &Markers, owner: OwnerHealth) {
+        for id in cg.members().into_iter().filter_map(ProcId::of) {
+            self.push_process(id, markers.clone(), FoundBy::Cgroup, owner, None);
+        }
+        if !self.cgroups.iter().any(|c| c.dir() == cg.dir()) {
+            self.cgroups.push(cg);
+        }
+    }
+
+    /// reapkit cgroups no record named (a record lost, or deleted): their owner is in their
+    /// name. Only sweeps that do not filter by run look at them (a cgroup has no run id).
+    fn push_unrecorded_cgroups(&mut self) {
+        let considered =
+            matches!(self.judge.scope, Scope::DeadOwners { run_id: None } | Scope::Owner(_) | Scope::Everything);
+        if !considered {
+            return;
+        }
+        for dir in crate::containment::cgroup::all_reapkit() {
+            if self.cgroups.iter().any(|c| c.dir() == dir) {
+                continue;
+            }
+            let guard = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(crate::containment::cgroup::PREFIX));
+            let Some(owner) = guard.and_then(ownership::owner_of_guard) else { continue };
+            let claim = Claim { owner: Some(&owner), ..Claim::default() };
+            let Verdict::Take(health) = self.judge.verdict(&claim) else { continue };
+            let markers = Markers { owner: Some(owner.clone()), guard: guard.map(str::to_owned), ..Markers::default() };
+            if let Ok(Some(cg)) = checked_cgroup(&dir, guard.unwrap_or_default()) {
+                if cg.members().is_empty() {
+                    self.notes.push(format!("removed the empty reapkit cgroup {}", dir.display()));
+                }
+                self.push_cgroup(cg, &markers, health);
+            }
         }
     }
 
@@ -686,6 +774,32 @@ fn remove_record(path: &std::path::Path, unchecked: &mut Vec<String>) {
     }
 }
 
+/// The cgroup a record names, if it is what reapkit would have made for guard `guard`: under the
+/// cgroup2 mount, named `reapkit-<guard>`, owned by us. `Ok(None)`: it is gone.
+fn checked_cgroup(dir: &Path, guard: &str) -> Result<Option<GuardCgroup>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mount =
+        crate::containment::cgroup::hierarchy().map_err(|why| format!("its cgroup cannot be checked: {why}"))?;
+    let named = dir.file_name().is_some_and(|n| *n == *format!("{}{guard}", crate::containment::cgroup::PREFIX));
+    let inside = dir.starts_with(&mount.mount) && dir.components().all(|c| c != std::path::Component::ParentDir);
+    if !named || !inside {
+        return Err(format!(
+            "it names the cgroup {}, which is not one reapkit made for it; not touched",
+            dir.display()
+        ));
+    }
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("its cgroup {} cannot be read: {e}", dir.display())),
+        Ok(meta) if meta.uid() != procfs::my_uid() => {
+            Err(format!("its cgroup {} belongs to uid {}, not to you; not touched", dir.display(), meta.uid()))
+        }
+        Ok(_) => {
+            GuardCgroup::open(dir.to_path_buf()).map(Some).map_err(|e| format!("its cgroup {}: {e}", dir.display()))
+        }
+    }
+}
+
 /// Whether the live process `here`, named by a record of guard `guard`, is provably the one the
 /// record means: ours, not the reaper or an ancestor, and carrying that guard's marker.
 fn corroborate(here: ProcId, guard: &str) -> Result<(), String> {
@@ -723,6 +837,7 @@ fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Rec
             pgid: id.pid,
             command: leak.command.iter().flat_map(|c| c.split(' ')).map(str::to_owned).collect(),
             cwd: leak.cwd.as_ref().map(PathBuf::from),
+            contained: None,
         },
         reaped: None,
     }

@@ -1,6 +1,7 @@
 //! The process side of the sweep: reading the markers out of an environment block, and the
 //! evidence a person needs before a process is killed.
 
+use crate::containment::keeper::ENV_KEEPER;
 use crate::identity::OwnerId;
 use crate::ownership::{self, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG_OWNER};
 use crate::procfs::{self, BootClock, ExeState, ProcId, Stat};
@@ -17,7 +18,7 @@ pub(crate) struct Markers {
     pub(crate) owner: Option<OwnerId>,
     pub(crate) guard: Option<String>,
     pub(crate) test: Option<String>,
-    /// Set only on watchdogs: whom they watch.
+    /// Set only on reapkit's guardians — watchdogs and keepers: whom they watch.
     pub(crate) watchdog_of: Option<OwnerId>,
     pub(crate) supervisor: Option<OwnerId>,
     /// Why the markers cannot be believed, if they cannot.
@@ -36,9 +37,10 @@ impl Markers {
             }
             let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
             let (key, raw) = (&entry[..eq], &entry[eq + 1..]);
-            let Some(name) = [ENV_RUN_ID, ENV_OWNER, ENV_GUARD, ENV_TEST, ENV_WATCHDOG_OWNER, ENV_SUPERVISOR]
-                .into_iter()
-                .find(|k| k.as_bytes() == key)
+            let Some(name) =
+                [ENV_RUN_ID, ENV_OWNER, ENV_GUARD, ENV_TEST, ENV_WATCHDOG_OWNER, ENV_KEEPER, ENV_SUPERVISOR]
+                    .into_iter()
+                    .find(|k| k.as_bytes() == key)
             else {
                 continue;
             };
@@ -59,7 +61,7 @@ impl Markers {
             ENV_RUN_ID => self.run_id = Some(id(value)?),
             ENV_GUARD => self.guard = Some(id(value)?),
             ENV_OWNER => self.owner = Some(owner(value)?),
-            ENV_WATCHDOG_OWNER => self.watchdog_of = Some(owner(value)?),
+            ENV_WATCHDOG_OWNER | ENV_KEEPER => self.watchdog_of = Some(owner(value)?),
             ENV_SUPERVISOR => self.supervisor = Some(owner(value)?),
             _ if ownership::valid_test_name(value) => self.test = Some(value.to_owned()),
             _ => return Err(bad("is not a test name")),

@@ -36,6 +36,10 @@ pub enum FoundBy {
     Ledger,
     /// It is a descendant of a proven leftover, or of the supervisor.
     Descendant,
+    /// It is a member of its guard's cgroup: the kernel kept it there.
+    Cgroup,
+    /// It is below its guard's keeper: the kernel re-parented it there.
+    Keeper,
     /// Docker labels `reapkit.*`.
     Label,
     /// The user's `--match` pattern (processes started without reapkit).

@@ -1,0 +1,24 @@
+//! The roles a re-executed test binary takes, chosen before `main` by a constructor: the
+//! library alone gives every test binary its watchdog and its keepers, with nothing to install.
+//!
+//! - `REAPKIT_WATCHDOG_OWNER` set: the process is a watchdog ([`crate::watchdog`]).
+//! - `REAPKIT_KEEPER` set: the process is a keeper ([`crate::containment::keeper`]).
+//! - neither: an ordinary process, where the watchdog listens for the first guard of each
+//!   ledger directory ([`crate::registry::listen`]).
+//!
+//! Each role exits without returning to `main`; a re-executed binary in which this did not
+//! run (no constructor support) gets an argument it does not know and exits.
+
+use crate::containment::keeper::{self, ENV_KEEPER};
+use crate::ownership::ENV_WATCHDOG_OWNER;
+
+#[ctor::ctor(unsafe)]
+fn entry() {
+    if let Some(owner) = std::env::var_os(ENV_WATCHDOG_OWNER) {
+        std::process::exit(crate::watchdog::watch(&owner.to_string_lossy()));
+    }
+    if let Some(owner) = std::env::var_os(ENV_KEEPER) {
+        keeper::run(&owner.to_string_lossy());
+    }
+    crate::registry::listen(crate::watchdog::ensure);
+}
