@@ -37,8 +37,10 @@ struct Piped {
 }
 
 impl Piped {
-    /// Starts `cmd` and reads its first line that starts with `ready `, split in words.
+    /// Starts `cmd` and reads its first line that starts with `ready `, split in words. This
+    /// process becomes a subreaper: what is orphaned below it comes here, to be reaped on drop.
     fn start(mut cmd: Command) -> Piped {
+        reapkit::ownership::become_subreaper();
         let mut child =
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
         let stdin = child.stdin.take();
@@ -67,10 +69,21 @@ impl Piped {
 
 impl Drop for Piped {
     fn drop(&mut self) {
-        // Ours, by pid: `unshare --kill-child` takes its namespace along.
+        // Ours, by pid: `unshare --kill-child` takes its namespace along. Its processes are
+        // orphaned to us (the subreaper) as they die: waited for and reaped, so that nothing
+        // of this test is still exiting when it ends.
+        let below = reapkit::procfs::descendants(self.child.id() as i32);
         drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !below.iter().all(exited) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for id in below.iter().filter(|id| is_zombie(id.pid)) {
+            let _ =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
     }
 }
 

@@ -64,6 +64,14 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
+    // The fault matrix once more under each weaker containment this machine can also give (the
+    // suite above ran with the strongest, a cgroup per guard; the escape matrix covers all three).
+    for containment in ["keeper", "marker"] {
+        run(cargo()
+            .args(["nextest", "run", "--package", "reapkit-tests", "--test", "fault_matrix"])
+            .args(nextest_args)
+            .env("REAPKIT_CONTAINMENT", containment))?;
+    }
     // `#[reapkit::test]` must mean the same under plain `cargo test`, whose tests are threads
     // of one process: its own suites once more, that way.
     run(cargo()
