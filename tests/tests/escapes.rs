@@ -227,6 +227,17 @@ fn owner_killed(escape: Escape, mode: Containment) {
                 nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         }
     }
+    let prefix = {
+        let owner: reapkit::OwnerId = words[1].parse().expect("an owner id");
+        format!("reapkit-g{}-{}-{}-", owner.process.pid, owner.process.start_time, owner.pidns)
+    };
+    wait_until("no cgroup of the owner is left", || {
+        let left = reapkit::containment::reapkit_cgroups()
+            .into_iter()
+            .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+            .count();
+        (left == 0).then_some(())
+    });
     wait_until("no watchdog or keeper of the owner is left", || {
         let owner_marker = format!("REAPKIT_WATCHDOG_OWNER={}", words[1]);
         let keeper_marker = format!("REAPKIT_KEEPER={}", words[1]);

@@ -182,6 +182,11 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
     for line in &report.unchecked {
         err.line(&format!("reapkit: could not check: {}", evidence(line)));
     }
+    if !args.json {
+        for line in &report.notes {
+            err.line(&format!("reapkit: note: {}", evidence(line)));
+        }
+    }
     Ok(if report.unchecked.is_empty() { EXIT_CLEAN } else { reapkit::sweep::EXIT_UNCHECKED })
 }
 

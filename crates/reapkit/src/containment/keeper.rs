@@ -93,7 +93,7 @@ impl Exec {
     ///
     /// # Safety
     /// Only between fork and exec: it execs or exits, and calls only async-signal-safe
-    /// functions (prctl, fork, setpgid, open, dup2, close, execve, _exit).
+    /// functions (prctl, fork, setpgid, open, dup2, close_range, execve, _exit).
     unsafe fn fork(&self) -> io::Result<()> {
         // The subreaper flag is set before the server exists (it survives the keeper's exec and
         // is not inherited by the fork): an orphan the server makes at once still lands here.
@@ -114,10 +114,11 @@ impl Exec {
                     for fd in 0..3 {
                         libc::dup2(null, fd);
                     }
-                    if null > 2 {
-                        libc::close(null);
-                    }
                 }
+                // Nor anything else of the test's: and closing the spawn's error pipe here lets
+                // `Command::spawn` return as soon as the server has exec'd, while the keeper
+                // execs in parallel (the subreaper flag is already set).
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                 libc::execve(self.path, self.argv.as_ptr(), self.envp.as_ptr());
                 libc::_exit(127)
             }

@@ -108,6 +108,12 @@ pub(crate) fn cgroups_refused() {
     CGROUPS_REFUSED.store(true, Ordering::Relaxed);
 }
 
+/// Every reapkit cgroup on this machine (`reapkit-<guard id>` under the cgroup2 mount): a
+/// guard's while it lives; afterwards, a leak.
+pub fn reapkit_cgroups() -> Vec<std::path::PathBuf> {
+    cgroup::all_reapkit()
+}
+
 /// Where cgroups would be made, or why none can be: for `reapkit ps` and error messages.
 pub fn describe_machine() -> String {
     match cgroup::hierarchy() {

@@ -245,6 +245,9 @@ impl Sweep {
             ));
         }
 
+        if f.listing {
+            f.notes.push(format!("containment: {}", crate::containment::describe_machine()));
+        }
         if let Some(matcher) = &self.matcher {
             f.push_matches(matcher);
         }
@@ -325,6 +328,8 @@ enum Target {
     Docker(docker::Object),
     /// Only evidence is left (a record a watchdog marked as reaped): clear it.
     Evidence(PathBuf),
+    /// An empty reapkit cgroup nobody recorded (it is ended with the other cgroups).
+    Cgroup,
 }
 
 impl Target {
@@ -340,7 +345,7 @@ impl Target {
             Target::Process { record, .. } => record.as_ref(),
             #[cfg(feature = "docker")]
             Target::Docker(object) => object.record.as_ref(),
-            Target::Evidence(_) => None,
+            Target::Evidence(_) | Target::Cgroup => None,
         }
     }
 
@@ -386,8 +391,21 @@ impl Findings {
     pub fn reap(mut self) -> Report {
         self.end_processes();
         for cg in std::mem::take(&mut self.cgroups) {
-            if let Err(e) = teardown::end_cgroup(&cg, self.grace) {
-                self.unchecked.push(e);
+            let ended = teardown::end_cgroup(&cg, self.grace);
+            let dir = cg.dir().display().to_string();
+            match self.leaks.iter_mut().find(|l| l.kind == LeakKind::Cgroup && l.id.as_deref() == Some(&dir)) {
+                Some(leak) => match ended {
+                    Ok(()) => leak.action = Action::Removed,
+                    Err(e) => {
+                        leak.action = Action::Failed;
+                        leak.detail = Some(e);
+                    }
+                },
+                None => {
+                    if let Err(e) = ended {
+                        self.unchecked.push(e);
+                    }
+                }
             }
         }
         if self.judge.scope.supervises() {
@@ -703,8 +721,10 @@ impl Findings {
             let Verdict::Take(health) = self.judge.verdict(&claim) else { continue };
             let markers = Markers { owner: Some(owner.clone()), guard: guard.map(str::to_owned), ..Markers::default() };
             if let Ok(Some(cg)) = checked_cgroup(&dir, guard.unwrap_or_default()) {
-                if cg.members().is_empty() {
-                    self.notes.push(format!("removed the empty reapkit cgroup {}", dir.display()));
+                if cg.members().is_empty() && !self.listing {
+                    // Nothing left in it, and no record: the cgroup itself is the evidence.
+                    self.leaks.push(cgroup_leak(&dir, &markers));
+                    self.targets.push(Target::Cgroup);
                 }
                 self.push_cgroup(cg, &markers, health);
             }
@@ -840,6 +860,30 @@ fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Rec
             contained: None,
         },
         reaped: None,
+    }
+}
+
+/// An empty reapkit cgroup of a dead owner that no record named.
+fn cgroup_leak(dir: &Path, markers: &Markers) -> Leak {
+    Leak {
+        kind: LeakKind::Cgroup,
+        test: None,
+        run_id: None,
+        age_s: None,
+        action: Action::WouldReap,
+        found_by: FoundBy::Cgroup,
+        health: Health::Orphaned,
+        pid: None,
+        id: Some(dir.display().to_string()),
+        owner: markers.owner.as_ref().map(OwnerId::to_string),
+        guard: markers.guard.clone(),
+        command: None,
+        cwd: None,
+        rss_bytes: None,
+        fds: None,
+        threads: None,
+        exe: None,
+        detail: Some("a guard's cgroup, left behind by an owner that died; no process is left in it".into()),
     }
 }
 
