@@ -343,3 +343,30 @@ fn two_hundred_guards_end_together_in_about_one_set_of_graces() {
     assert!(took < Duration::from_secs(5), "200 guards took {took:?} to end together");
     assert!(gone(&pids).is_empty(), "every server is gone: {:?}", gone(&pids));
 }
+
+#[test]
+fn an_unprivileged_users_guard_gets_a_keeper_that_ends_the_tree_when_its_owner_dies() {
+    // No cgroup2 subtree is writable for `nobody`: auto containment falls back to a keeper.
+    reapkit_tests::sweep_sandbox::assert_root();
+    let token = token();
+    let ledger = tempfile::tempdir().expect("a ledger");
+    std::fs::set_permissions(ledger.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(fixture_path().with_file_name("leaky-owner"))
+        .args(["--fixture", &format!("--escape-clean-env {token}"), "--forget-on-eof"])
+        .env("REAPKIT_LEDGER_DIR", ledger.path())
+        .env_remove("REAPKIT_CONTAINMENT")
+        .env_remove("REAPKIT_SUPERVISOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut owner = cmd.spawn().expect("the leaky owner starts as nobody");
+    let mut line = String::new();
+    BufReader::new(owner.stdout.take().expect("piped")).read_line(&mut line).expect("its ready line");
+    assert_eq!(line.split_whitespace().nth(4), Some("keeper"), "an unprivileged guard's containment: {line}");
+    let escapee = wait_until("the escapee is up", || by_token(&token).first().copied());
+
+    drop(owner.stdin.take()); // the owner dies holding its guard
+    owner.wait().expect("it ends");
+    wait_until("the keeper ended the tree, escapee included", || (!escapee.is_alive()).then_some(()));
+}

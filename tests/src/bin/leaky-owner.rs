@@ -3,7 +3,8 @@
 //! to be `kill -9`ed, so that none of its `Drop`s ever runs. The watchdog test (and the leak
 //! the suite makes on purpose for `reapkit reap`) use it.
 //!
-//! Output: one line `ready <owner> <container id or -> <guarded pids, comma-separated>`.
+//! Output: one line `ready <owner> <container id or -> <guarded pids, comma-separated>
+//! <containment of the first guard>`.
 //! Flags:
 //! - `--no-container`: no container.
 //! - `--sleep N`: instead of the fixtures, one guard of `sleep N` (and no container).
@@ -73,7 +74,8 @@ fn main() {
     };
     let owner = reapkit::ownership::Owner::current().marker();
     let pids: Vec<String> = guards.iter().map(|g| g.pid().to_string()).collect();
-    println!("ready {owner} {} {}", container.as_ref().map_or("-", |c| c.id()), pids.join(","));
+    let containment = guards.first().map_or_else(|| "-".to_owned(), |g| g.containment().to_string());
+    println!("ready {owner} {} {} {containment}", container.as_ref().map_or("-", |c| c.id()), pids.join(","));
     if flag("--forget") {
         std::mem::forget((guards, container));
         return;
