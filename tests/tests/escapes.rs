@@ -351,9 +351,16 @@ fn an_unprivileged_users_guard_gets_a_keeper_that_ends_the_tree_when_its_owner_d
     let token = token();
     let ledger = tempfile::tempdir().expect("a ledger");
     std::fs::set_permissions(ledger.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    // Copies of the binaries where `nobody` may run them (the checkout may be private).
+    let bin = tempfile::tempdir().expect("a directory for the binaries");
+    std::fs::set_permissions(bin.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    for name in ["leaky-owner", "fixture-server"] {
+        std::fs::copy(fixture_path().with_file_name(name), bin.path().join(name)).expect("copy a binary");
+    }
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .arg(fixture_path().with_file_name("leaky-owner"))
+        .arg(bin.path().join("leaky-owner"))
+        .current_dir(bin.path())
         .args(["--fixture", &format!("--escape-clean-env {token}"), "--forget-on-eof"])
         .env("REAPKIT_LEDGER_DIR", ledger.path())
         .env_remove("REAPKIT_CONTAINMENT")
