@@ -148,12 +148,27 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 impl Drop for Decoy {
     fn drop(&mut self) {
         // Ours, started above and found by our own marker: the only kills this suite does by
-        // hand, by pid. Orphans of the decoy were re-parented to us (the subreaper): reap them.
-        for id in MarkerScan::new().find(&self.marker) {
-            let pid = nix::unistd::Pid::from_raw(id.pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-            if id.pid != self.child.id() as i32 {
-                let _ = nix::sys::wait::waitpid(pid, None);
+        // hand, by pid. Again while some are found (a decoy may still be forking), each waited
+        // for; orphans of the decoy were re-parented to us (the subreaper): reap them.
+        let leader = self.child.id() as i32;
+        for _ in 0..5 {
+            let found: Vec<ProcId> = MarkerScan::new().find(&self.marker);
+            if found.is_empty() {
+                break;
+            }
+            for id in &found {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
+            }
+            for id in found.iter().filter(|id| id.pid != leader) {
+                // Bounded, and never a panic: this runs in Drop, maybe while unwinding.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while id.is_alive() && !is_zombie(id.pid) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(id.pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
             }
         }
         let _ = self.child.kill();

@@ -271,6 +271,13 @@ fn a_passing_test_tears_down_through_drop() {
         let tools = server.list_tools().expect("tools/list");
         assert!(tools.iter().any(|t| t["name"] == "echo"), "{tools:?}");
         let echoed = server.call_tool("echo", json!({"text": "hello"})).expect("echo");
+        assert_eq!(echoed.text(), "hello");
+        let failed = server.call_tool("fail", json!({})).expect_err("a result marked isError is an error");
+        assert!(matches!(failed, Error::Tool { .. }), "{failed:?}");
+        assert!(
+            format!("{failed:?}").contains("the fixture's fail tool failed"),
+            "Debug shows the message: {failed:?}"
+        );
         assert_eq!(echoed["content"][0]["text"], "hello");
         wait_for_tree(server.process().id(), server.process().proc_id(), 2)
     });

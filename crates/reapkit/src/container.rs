@@ -72,6 +72,8 @@ pub struct ContainerBuilder {
     stop_timeout: Duration,
     docker_host: Option<String>,
     ledger_dir: Option<std::path::PathBuf>,
+    /// Where the test asked for it: the guard's creation site in reports.
+    created_at: &'static std::panic::Location<'static>,
 }
 
 impl ContainerBuilder {
@@ -186,6 +188,8 @@ impl ContainerBuilder {
     /// Everything that can fail before the engine is asked to create anything.
     fn prepare(mut self) -> Result<(Arc<Engine>, std::path::PathBuf, Spec)> {
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
+        // What the guard will hold: the engine's runtime and connections, if it opens them now.
+        let fds_before = crate::fd_snapshot::numbers(std::process::id() as i32).unwrap_or_default();
         let engine = Engine::get(self.docker_host.as_deref())?;
         let scope = Attachment::current();
         registry::guard_starting(scope.as_ref(), &ledger_dir, Some(engine.host()));
@@ -219,6 +223,8 @@ impl ContainerBuilder {
             volumes: self.volumes,
             plan: StartPlan { ready: self.ready, ready_timeout: self.ready_timeout },
             stop_timeout: self.stop_timeout,
+            created_at: self.created_at,
+            fds_before,
         };
         Ok((engine, ledger_dir, spec))
     }
@@ -238,6 +244,9 @@ struct Spec {
     volumes: Vec<String>,
     plan: StartPlan,
     stop_timeout: Duration,
+    created_at: &'static std::panic::Location<'static>,
+    /// The test process's descriptors before the engine was connected.
+    fds_before: Vec<i32>,
 }
 
 /// What start needs, after create.
@@ -283,7 +292,9 @@ pub struct Container {
 }
 
 impl Container {
-    /// Starts a builder for `image` (which must exist locally: no registry is assumed).
+    /// Starts a builder for `image` (which must exist locally: no registry is assumed). Where
+    /// it is called is the guard's creation site in reports.
+    #[track_caller]
     pub fn builder(image: &str) -> ContainerBuilder {
         ContainerBuilder {
             image: image.to_owned(),
@@ -298,6 +309,7 @@ impl Container {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             docker_host: None,
             ledger_dir: None,
+            created_at: std::panic::Location::caller(),
         }
     }
 
@@ -332,6 +344,11 @@ impl Container {
             },
         );
         container.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
+        let now = crate::fd_snapshot::numbers(std::process::id() as i32).unwrap_or_default();
+        let fds = now.into_iter().filter(|fd| !spec.fds_before.contains(fd)).collect();
+        let live =
+            registry::LiveGuard { id: container.guard.clone(), kind: "Container", created_at: spec.created_at, fds };
+        registry::guard_created(Attachment::current().as_ref(), live);
         Ok((container, spec.plan))
     }
 
@@ -392,6 +409,7 @@ impl Container {
     /// What teardown removes; marks the guard as handled so `Drop` does nothing more.
     fn removal(&mut self) -> Removal {
         self.removed = true;
+        registry::guard_dropped(&self.guard);
         Removal { id: self.id.clone(), networks: std::mem::take(&mut self.networks), stop: self.stop_timeout }
     }
 

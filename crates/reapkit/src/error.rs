@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 /// Errors from spawning, talking to and tearing down guarded resources.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display` — the cause *and* the fix — because `Debug` is
+/// what libtest shows when a `-> Result<(), reapkit::Error>` test returns one. Match on the
+/// variants for the structured fields.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The program could not be started at all (missing binary, not executable, ...).
@@ -48,6 +52,13 @@ pub enum Error {
     /// The server answered a request with a JSON-RPC error.
     #[error("MCP request `{method}` failed with error {code}: {message}")]
     Rpc { method: String, code: i64, message: String, data: Option<serde_json::Value> },
+
+    /// The tool ran and reported a failure (`isError: true` in its result).
+    #[error(
+        "MCP tool `{tool}` reported an error: {message}. The call reached the server and the tool refused it: check \
+         the tool's name and arguments (`list_tools()` shows its input schema)"
+    )]
+    Tool { tool: String, message: String },
 
     /// The server's answer did not have the shape the MCP spec gives it.
     #[error("MCP request `{method}`: unexpected answer: {detail}")]
@@ -133,6 +144,12 @@ pub(crate) fn fd_limit_hint(e: &std::io::Error) -> Option<String> {
             ))
         }
         _ => None,
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 

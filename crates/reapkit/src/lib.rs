@@ -63,7 +63,7 @@ pub use error::{Error, Result};
 pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
 pub use identity::OwnerId;
 #[cfg(feature = "mcp")]
-pub use mcp::{McpBuilder, McpServer, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 pub use process::{
     shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_TERM_GRACE,
     ENV_EOF_GRACE, ENV_TERM_GRACE,

@@ -45,7 +45,8 @@ pub struct McpBuilder {
 
 impl ProcessBuilder {
     /// Turns this process into an MCP stdio server (stdout becomes the transport).
-    pub fn mcp(self) -> McpBuilder {
+    pub fn mcp(mut self) -> McpBuilder {
+        self.kind = "McpServer";
         McpBuilder {
             process: self,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
@@ -121,6 +122,7 @@ pub struct McpServer {
 
 impl McpServer {
     /// Spawns `command` with default settings and performs the handshake.
+    #[track_caller]
     pub fn start(command: Command) -> Result<McpServer> {
         ProcessGuard::builder(command).mcp().start()
     }
@@ -180,9 +182,17 @@ impl McpServer {
         }
     }
 
-    /// Calls tool `name` with `arguments`; returns the `CallToolResult` (with `content`).
-    pub fn call_tool(&mut self, name: &str, arguments: Value) -> Result<Value> {
-        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+    /// Calls tool `name` with `arguments`. A result the tool itself marks as failed
+    /// (`isError: true`, how MCP tools report errors) is an [`Error::Tool`] with its text, so a
+    /// `?` in a test cannot miss it; the successful [`ToolOutput`] indexes like the JSON result
+    /// (`out["content"][0]["text"]`) and has [`ToolOutput::text`].
+    pub fn call_tool(&mut self, name: &str, arguments: Value) -> Result<ToolOutput> {
+        let result = self.request("tools/call", json!({"name": name, "arguments": arguments}))?;
+        let output = ToolOutput { result };
+        if output.result["isError"] == Value::Bool(true) {
+            return Err(Error::Tool { tool: name.to_owned(), message: output.text() });
+        }
+        Ok(output)
     }
 
     /// Tears the server down in the spec's order (close stdin first) and reports how it went.
@@ -295,6 +305,48 @@ impl McpServer {
             status: report.status,
             stderr_tail: self.guard.stderr_tail(),
         }
+    }
+}
+
+/// The result of a successful tool call (`CallToolResult`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    result: Value,
+}
+
+impl ToolOutput {
+    /// The text items of `content`, one per line.
+    pub fn text(&self) -> String {
+        let items = self.result["content"].as_array().into_iter().flatten();
+        items.filter_map(|c| c["text"].as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// `structuredContent`, if the tool gave one.
+    pub fn structured(&self) -> Option<&Value> {
+        self.result.get("structuredContent")
+    }
+
+    /// The whole `CallToolResult`.
+    pub fn json(&self) -> &Value {
+        &self.result
+    }
+
+    pub fn into_json(self) -> Value {
+        self.result
+    }
+}
+
+impl std::ops::Index<&str> for ToolOutput {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.result[key]
+    }
+}
+
+impl std::fmt::Display for ToolOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.result.fmt(f)
     }
 }
 

@@ -65,6 +65,10 @@ pub struct ProcessBuilder {
     scan_proc: bool,
     ledger_dir: Option<PathBuf>,
     containment: Option<Containment>,
+    /// What reports call the guard: `ProcessGuard`, or `McpServer` for one built by `mcp()`.
+    pub(crate) kind: &'static str,
+    /// Where the test asked for it: the guard's creation site in reports.
+    created_at: &'static std::panic::Location<'static>,
 }
 
 impl ProcessBuilder {
@@ -268,6 +272,13 @@ impl ProcessBuilder {
         );
         // On error `guard` drops here and tears the child down: nothing leaks.
         guard.tree.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
+        let live = registry::LiveGuard {
+            id: guard.tree.id.clone(),
+            kind: self.kind,
+            created_at: self.created_at,
+            fds: guard.tree.fds(),
+        };
+        registry::guard_created(scope.as_ref(), live);
         Ok(guard)
     }
 
@@ -344,7 +355,9 @@ pub struct ProcessInfo {
 }
 
 impl ProcessGuard {
-    /// Starts a builder for `command`.
+    /// Starts a builder for `command`. Where it is called is the guard's creation site in
+    /// reports (a guard that outlives its test is named by it).
+    #[track_caller]
     pub fn builder(command: Command) -> ProcessBuilder {
         ProcessBuilder {
             command,
@@ -355,10 +368,13 @@ impl ProcessGuard {
             scan_proc: true,
             ledger_dir: None,
             containment: None,
+            kind: "ProcessGuard",
+            created_at: std::panic::Location::caller(),
         }
     }
 
     /// Spawns `command` with the default settings.
+    #[track_caller]
     pub fn spawn(command: Command) -> Result<ProcessGuard> {
         ProcessGuard::builder(command).spawn()
     }
@@ -453,6 +469,7 @@ impl ProcessGuard {
             return report.clone();
         }
         let report = teardown::run(&mut self.tree);
+        registry::guard_dropped(&self.tree.id);
         self.report = Some(report.clone());
         report
     }
@@ -477,6 +494,7 @@ pub fn shutdown_all(guards: impl IntoIterator<Item = ProcessGuard>) -> Vec<Teard
         guards.iter_mut().enumerate().filter(|(i, _)| pending.contains(i)).map(|(_, g)| &mut g.tree).collect();
     let reports = teardown::run_all(&mut trees);
     for (i, report) in pending.into_iter().zip(reports) {
+        registry::guard_dropped(&guards[i].tree.id);
         guards[i].report = Some(report);
     }
     guards.iter_mut().map(ProcessGuard::teardown).collect()

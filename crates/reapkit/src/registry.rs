@@ -26,6 +26,22 @@ pub(crate) struct Slot {
     registered: Mutex<Registered>,
     /// Teardown to run when the scope finishes, last first.
     deferred: Mutex<Vec<Deferred>>,
+    /// The slot's guards that have not been dropped yet.
+    live: Mutex<Vec<LiveGuard>>,
+}
+
+/// A guard of a slot, from its creation to its drop: what a report says of one that outlived
+/// its test.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveGuard {
+    /// The guard id.
+    pub(crate) id: String,
+    /// `ProcessGuard`, `McpServer`, `Container`.
+    pub(crate) kind: &'static str,
+    /// Where the test created it.
+    pub(crate) created_at: &'static std::panic::Location<'static>,
+    /// The descriptors it holds (pipes, pidfds, eventfd): open for as long as it lives.
+    pub(crate) fds: Vec<i32>,
 }
 
 /// A deferred teardown (`scope.defer(..)`, `reapkit::defer(..)`).
@@ -46,7 +62,20 @@ pub(crate) struct Registered {
 
 impl Slot {
     pub(crate) fn new(test: String, alone: bool, eof_grace: Option<Duration>, term_grace: Option<Duration>) -> Slot {
-        Slot { test, alone, eof_grace, term_grace, registered: Mutex::default(), deferred: Mutex::default() }
+        Slot {
+            test,
+            alone,
+            eof_grace,
+            term_grace,
+            registered: Mutex::default(),
+            deferred: Mutex::default(),
+            live: Mutex::default(),
+        }
+    }
+
+    /// The guards created in the slot and not dropped (yet).
+    pub(crate) fn live_guards(&self) -> Vec<LiveGuard> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn defer(&self, teardown: Deferred) {
@@ -167,6 +196,29 @@ fn listeners() -> std::sync::MutexGuard<'static, Vec<Listener>> {
 /// Calls `listener` for every guard that starts from now on, with its ledger directory.
 pub(crate) fn listen(listener: Listener) {
     listeners().push(listener);
+}
+
+/// A guard of `attachment` now exists: it is the slot's until [`guard_dropped`].
+pub(crate) fn guard_created(attachment: Option<&Attachment>, guard: LiveGuard) {
+    let Some(a) = attachment else { return };
+    let mut by_id = GUARD_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    by_id.retain(|(_, slot)| slot.strong_count() > 0);
+    by_id.push((guard.id.clone(), Arc::downgrade(&a.0)));
+    a.0.live.lock().unwrap_or_else(|p| p.into_inner()).push(guard);
+}
+
+/// Which slot each live guard belongs to, by guard id: how a drop finds its slot from any thread.
+static GUARD_SLOTS: Mutex<Vec<(String, std::sync::Weak<Slot>)>> = Mutex::new(Vec::new());
+
+/// The guard `id` was dropped (or shut down): it is no longer its slot's concern.
+pub(crate) fn guard_dropped(id: &str) {
+    let mut by_id = GUARD_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(at) = by_id.iter().position(|(g, _)| g == id) {
+        let (_, slot) = by_id.swap_remove(at);
+        if let Some(slot) = slot.upgrade() {
+            slot.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| g.id != id);
+        }
+    }
 }
 
 /// A guard is about to create its resource, with its record in `ledger_dir` (and its

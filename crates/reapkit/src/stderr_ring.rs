@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ChildStderr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +25,8 @@ pub struct StderrRing {
     capacity: usize,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    /// The descriptors it holds: the pipe and both ends of its stop signal.
+    fds: [i32; 3],
 }
 
 impl StderrRing {
@@ -32,12 +34,18 @@ impl StderrRing {
     pub fn start(stderr: ChildStderr, capacity: usize) -> std::io::Result<StderrRing> {
         let stop = sys::eventfd()?;
         let stop_for_thread = stop.try_clone()?;
+        let fds = [stderr.as_raw_fd(), stop.as_raw_fd(), stop_for_thread.as_raw_fd()];
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(8192))));
         let sink = Arc::clone(&tail);
         let thread = std::thread::Builder::new()
             .name("reapkit-stderr".into())
             .spawn(move || drain(stderr, &stop_for_thread, &sink, capacity))?;
-        Ok(StderrRing { tail, capacity, stop, thread: Some(thread) })
+        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), fds })
+    }
+
+    /// The descriptors it holds while it runs.
+    pub(crate) fn fds(&self) -> &[i32] {
+        &self.fds
     }
 
     /// The last bytes written, as text (lossy), starting at a line boundary where one exists.

@@ -169,6 +169,23 @@ pub(crate) struct Tree {
     pub(crate) ledger: Option<ledger::Entry>,
 }
 
+impl Tree {
+    /// The descriptors the guard holds while it lives: its pipes, pidfds and drain.
+    pub(crate) fn fds(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![self.leader.pidfd.as_raw_fd()];
+        fds.extend(self.stdin.as_ref().map(AsRawFd::as_raw_fd));
+        fds.extend(self.stdout.as_ref().map(AsRawFd::as_raw_fd));
+        fds.extend(self.stderr.iter().flat_map(|r| r.fds().iter().copied()));
+        match &self.holder {
+            Holder::Cgroup(cg) => fds.push(cg.events_fd().as_raw_fd()),
+            Holder::Keeper(keeper) => fds.push(keeper.pidfd.as_raw_fd()),
+            Holder::Marker { .. } => {}
+        }
+        fds
+    }
+}
+
 /// One tree's progress through the protocol.
 struct Run {
     started: Instant,

@@ -2,12 +2,13 @@
 //!
 //! It speaks MCP over stdio: newline-delimited JSON-RPC 2.0, one object per
 //! line on stdin/stdout. Logs go to stderr only. It answers `initialize`,
-//! `ping`, `tools/list` and `tools/call`, and offers three tools:
+//! `ping`, `tools/list` and `tools/call`, and offers four tools:
 //!
 //! * `echo` (`text`: string): returns `text` unchanged.
 //! * `server_info`: returns `{"pid", "fds", "children"}` as JSON text: its pid,
 //!   how many entries `/proc/self/fd` lists (the directory handle used to
 //!   list them included), and how many direct children it has.
+//! * `fail`: fails the MCP way, with a result marked `isError`.
 //! * `spawn_child`: starts one more `--sleep-forever` child in the server's
 //!   process group and returns that child's pid.
 //!
@@ -348,6 +349,11 @@ impl Server {
                     "description": "Starts one more sleeping child process and returns its pid.",
                     "inputSchema": {"type": "object", "properties": {}},
                 },
+                {
+                    "name": "fail",
+                    "description": "Fails: its result is marked isError.",
+                    "inputSchema": {"type": "object", "properties": {}},
+                },
             ]})),
             "tools/call" => self.call_tool(params),
             _ => Err((-32601, "Method not found".to_string())),
@@ -370,6 +376,10 @@ impl Server {
                     "children": count_children(process::id()),
                 });
                 Ok(text_content(info.to_string()))
+            }
+            // A tool that fails the MCP way: a result marked `isError`.
+            Some("fail") => {
+                Ok(json!({"content": [{"type": "text", "text": "the fixture's fail tool failed"}], "isError": true}))
             }
             Some("spawn_child") => match spawn_sleeper(&self.exe, self.cfg.ignore_sigterm) {
                 Ok(pid) => Ok(text_content(pid.to_string())),

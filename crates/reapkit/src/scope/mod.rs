@@ -312,6 +312,8 @@ impl TestScope {
 
     /// Runs the deferred teardown, tears down what the test's guards left alive, checks, and
     /// returns the report if anything leaked.
+    #[must_use = "the report is the verdict: dropping it (`let _ =`) turns the leak check off. Use \
+                  `.unwrap()` (or `?`) so that a leak fails the test"]
     pub fn finish(mut self) -> Result<(), Box<LeakReport>> {
         self.conclude()
     }
@@ -327,6 +329,8 @@ impl TestScope {
         });
         let accepted =
             |leak: &ScopeLeak| self.allow.iter().chain(baseline.entries.iter().map(|e| &e.pattern)).any(|p| leak.is(p));
+        // Taken before the sweep ends them: guards of the test still alive now were never dropped.
+        let undropped = self.shared.live_guards();
         let registered = self.shared.take_registered();
         let mut checked = vec![];
         if !registered.ledger_dirs.is_empty() {
@@ -357,6 +361,7 @@ impl TestScope {
                  `scope.handle().enter()`"
             ));
         }
+        fold_undropped(&mut report, &undropped);
         apply_acceptance(&mut report, &self.allow, &baseline, &checked);
         if report.fails() {
             Err(Box::new(report))
@@ -507,6 +512,18 @@ fn apply_acceptance(report: &mut LeakReport, allow: &[LeakPattern], baseline: &B
     }
 }
 
+/// A guard that outlived its test is one finding, with where it was created: its processes
+/// and containers (ended by the sweep) and the descriptors it still holds are folded under it,
+/// instead of each one a leak of its own with advice that would hide the bug.
+fn fold_undropped(report: &mut LeakReport, undropped: &[registry::LiveGuard]) {
+    for guard in undropped {
+        let (ended, rest): (Vec<ScopeLeak>, Vec<ScopeLeak>) =
+            std::mem::take(&mut report.leaks).into_iter().partition(|l| l.belongs_to(guard));
+        report.leaks = rest;
+        report.leaks.push(ScopeLeak::undropped(guard, &ended));
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -561,6 +578,7 @@ impl Drop for AttachedThread {
 ///     drop(server);
 /// })
 /// ```
+#[track_caller]
 pub fn scope<R: std::process::Termination>(body: impl FnOnce(&TestScope) -> R) -> R {
     let scope = TestScope::enter();
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&scope)));
@@ -580,6 +598,7 @@ pub fn defer(teardown: impl FnOnce() + Send + 'static) {
 
 /// Ends a scope with the body's outcome: its value when nothing leaked; the leak report as a
 /// panic when the body passed; the body's own panic, after the report, when it panicked.
+#[track_caller]
 pub fn conclude<R: std::process::Termination>(scope: TestScope, outcome: std::thread::Result<R>) -> R {
     let checked = scope.finish();
     match (outcome, checked) {

@@ -2,6 +2,7 @@
 
 use crate::escape::evidence;
 use crate::fd_snapshot::Fd;
+use crate::registry;
 use crate::sweep;
 
 use super::baseline::LeakPattern;
@@ -59,6 +60,18 @@ pub struct ScopeLeak {
     pub fix: String,
     /// The names patterns match against (kind word and target; program and command line; image and id).
     names: Vec<String>,
+    /// The guard it was found by (a swept process or container), or the descriptor number.
+    origin: Origin,
+    /// Its pid or short container id, where it has one.
+    ident: Option<String>,
+}
+
+/// What a leak came from, for folding it under a guard that outlived its test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Guard(String),
+    Fd(i32),
+    Other,
 }
 
 impl ScopeLeak {
@@ -73,6 +86,8 @@ impl ScopeLeak {
                  that holds it (a leaked guard holds its child's pipes). Accepted? #[reapkit::test(allow = \"fd:{kind}\")]"
             ),
             names: vec![kind, fd.target.clone()],
+            origin: Origin::Fd(fd.fd),
+            ident: None,
         }
     }
 
@@ -86,6 +101,58 @@ impl ScopeLeak {
                   reapkit::ProcessGuard, which tears the whole tree down on drop"
                 .into(),
             names: process_names(&command),
+            origin: Origin::Other,
+            ident: Some(pid.to_string()),
+        }
+    }
+
+    /// A guard of the test that was still alive when the test ended, with the leaks it caused
+    /// (`ended`: its processes and containers, which the sweep ended; its descriptors).
+    pub(super) fn undropped(guard: &registry::LiveGuard, ended: &[ScopeLeak]) -> ScopeLeak {
+        let idents = |kind: LeakKind| -> Vec<&str> {
+            ended.iter().filter(|l| l.kind == kind).filter_map(|l| l.ident.as_deref()).collect()
+        };
+        let (pids, containers) = (idents(LeakKind::Process), idents(LeakKind::Container));
+        let fds = ended.iter().filter(|l| l.kind == LeakKind::Fd).count();
+        let what = format!(
+            "`{}` created at {}:{} was never dropped (forgotten, moved into a static, or held by a thread or task \
+             that outlived the test)",
+            guard.kind,
+            guard.created_at.file(),
+            guard.created_at.line()
+        );
+        let mut done = Vec::new();
+        if !pids.is_empty() {
+            done.push(format!("its process tree was torn down (pid {})", pids.join(", ")));
+        }
+        if !containers.is_empty() {
+            done.push(format!("its container {} was removed", containers.join(", ")));
+        }
+        if fds > 0 {
+            done.push(format!("the {fds} descriptors it holds stay open with it"));
+        }
+        ScopeLeak {
+            kind: if guard.kind == "Container" { LeakKind::Container } else { LeakKind::Process },
+            what,
+            action: if done.is_empty() { "nothing of it was left to end".into() } else { done.join("; ") },
+            fix: format!(
+                "let the {} drop before the test ends (or call its shutdown()/remove()): no mem::forget, no static, and \
+                 join the threads or tasks that hold it",
+                guard.kind
+            ),
+            names: vec![guard.kind.to_owned()],
+            origin: Origin::Guard(guard.id.clone()),
+            ident: None,
+        }
+    }
+
+    /// Whether this leak is the doing of `guard`: its process or container, or a descriptor
+    /// it holds.
+    pub(super) fn belongs_to(&self, guard: &registry::LiveGuard) -> bool {
+        match &self.origin {
+            Origin::Guard(id) => *id == guard.id || id.starts_with(&format!("{}-pid", guard.id)),
+            Origin::Fd(fd) => guard.fds.contains(fd),
+            Origin::Other => false,
         }
     }
 
@@ -129,6 +196,8 @@ impl ScopeLeak {
             },
             fix: fix.to_owned(),
             names,
+            origin: leak.guard.clone().map_or(Origin::Other, Origin::Guard),
+            ident: Some(leak.ident()),
         }
     }
 
