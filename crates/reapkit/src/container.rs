@@ -346,8 +346,17 @@ impl Container {
         container.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
         let now = crate::fd_snapshot::numbers(std::process::id() as i32).unwrap_or_default();
         let fds = now.into_iter().filter(|fd| !spec.fds_before.contains(fd)).collect();
-        let live =
-            registry::LiveGuard { id: container.guard.clone(), kind: "Container", created_at: spec.created_at, fds };
+        let what = match &record.resource {
+            ledger::Resource::Container { image, .. } => image.clone(),
+            ledger::Resource::Process { .. } => String::new(),
+        };
+        let live = registry::LiveGuard {
+            id: container.guard.clone(),
+            kind: "Container",
+            what,
+            created_at: spec.created_at,
+            fds,
+        };
         registry::guard_created(Attachment::current().as_ref(), live);
         Ok((container, spec.plan))
     }

@@ -275,6 +275,7 @@ impl ProcessBuilder {
         let live = registry::LiveGuard {
             id: guard.tree.id.clone(),
             kind: self.kind,
+            what: short_command(&record),
             created_at: self.created_at,
             fds: guard.tree.fds(),
         };
@@ -295,6 +296,16 @@ impl ProcessBuilder {
         let markers = keeper::markers(&run_id, guard, test);
         keeper::fork_on_exec(&mut self.command, owner, &markers, grace);
         self.command.spawn().map_err(|source| spawn_error(program, source))
+    }
+}
+
+/// The command line of a process record, cut for a report line.
+fn short_command(record: &ledger::Record) -> String {
+    let ledger::Resource::Process { command, .. } = &record.resource else { return String::new() };
+    let line = command.join(" ");
+    match line.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct LiveGuard {
     pub(crate) id: String,
     /// `ProcessGuard`, `McpServer`, `Container`.
     pub(crate) kind: &'static str,
+    /// What it runs: the command line, or the image.
+    pub(crate) what: String,
     /// Where the test created it.
     pub(crate) created_at: &'static std::panic::Location<'static>,
     /// The descriptors it holds (pipes, pidfds, eventfd): open for as long as it lives.

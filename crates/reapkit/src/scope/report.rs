@@ -115,9 +115,10 @@ impl ScopeLeak {
         let (pids, containers) = (idents(LeakKind::Process), idents(LeakKind::Container));
         let fds = ended.iter().filter(|l| l.kind == LeakKind::Fd).count();
         let what = format!(
-            "`{}` created at {}:{} was never dropped (forgotten, moved into a static, or held by a thread or task \
-             that outlived the test)",
+            "`{}` of `{}` created at {}:{} was never dropped (forgotten, moved into a static, or held by a thread or \
+             task that outlived the test)",
             guard.kind,
+            guard.what,
             guard.created_at.file(),
             guard.created_at.line()
         );
