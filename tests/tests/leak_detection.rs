@@ -68,17 +68,17 @@ fn a_leaked_child_fails_the_test() {
 
 #[reapkit::test]
 #[file_serial]
-#[should_panic(expected = "`ProcessGuard` created at tests/tests/leak_detection.rs")]
+#[should_panic(expected = "`ProcessGuard` of `sleep 3600` created at tests/tests/leak_detection.rs")]
 fn a_guard_that_outlives_the_test_fails_it() {
     std::mem::forget(ProcessGuard::spawn(sleeper()).unwrap());
 }
 
 #[reapkit::test]
 #[file_serial]
-#[should_panic(expected = "`Container` created at tests/tests/leak_detection.rs")]
+#[should_panic(expected = "created at tests/tests/leak_detection.rs")]
 fn a_leaked_container_fails_the_test() {
     if !engine() {
-        panic!("`Container` created at tests/tests/leak_detection.rs: (no Docker engine; see the message above)");
+        panic!("created at tests/tests/leak_detection.rs: (no Docker engine; see the message above)");
     }
     std::mem::forget(Container::builder(IMAGE).cmd(["sleep", "3600"]).network_mode("none").start().unwrap());
 }
@@ -150,7 +150,10 @@ fn a_leaked_container_is_named_by_id_and_removed() {
     assert_eq!(report.leaks.len(), 1, "one finding, its descriptors folded under it:\n{report}");
     let leak = &report.leaks[0];
     assert_eq!(leak.kind, LeakKind::Container, "{report}");
-    assert!(leak.what.starts_with("`Container` created at tests/tests/leak_detection.rs:"), "{report}");
+    assert!(
+        leak.what.starts_with(&format!("`Container` of `{IMAGE}` created at tests/tests/leak_detection.rs:")),
+        "{report}"
+    );
     assert!(leak.action.contains(&format!("its container {} was removed", &id[..12])), "{report}");
     assert!(!report.to_string().contains("allow ="), "no advice that would hide the bug:\n{report}");
     assert!(leftovers("reapkit.guard", &guard).is_empty(), "removed from the engine");
@@ -167,8 +170,10 @@ fn a_forgotten_guard_is_one_finding_with_its_creation_site_and_no_allow_advice()
     let report = scope.finish().expect_err("the server was forgotten");
     let text = report.to_string();
     assert_eq!(report.leaks.len(), 1, "its processes and descriptors are folded under it:\n{text}");
-    let site = format!("`McpServer` created at tests/tests/leak_detection.rs:{line} was never dropped");
-    assert!(report.leaks[0].what.starts_with(&site), "{text}");
+    let site = format!("created at tests/tests/leak_detection.rs:{line} was never dropped");
+    assert!(report.leaks[0].what.starts_with("`McpServer` of `"), "{text}");
+    assert!(report.leaks[0].what.contains("fixture-server --children 1"), "what it ran:\n{text}");
+    assert!(report.leaks[0].what.contains(&site), "{text}");
     assert!(report.leaks[0].action.contains(&pid.to_string()), "its pid is named:\n{text}");
     assert!(report.leaks[0].action.contains("descriptors it holds"), "{text}");
     assert!(!text.contains("allow ="), "no advice that would hide the bug:\n{text}");
@@ -209,7 +214,10 @@ fn a_guard_from_a_thread_the_test_spawned_is_the_tests() {
     assert_eq!(marked(&guard).len(), 1);
     let report = scope.finish().expect_err("the thread's guard was forgotten");
     assert_eq!(report.leaks.len(), 1, "one finding:\n{report}");
-    assert!(report.leaks[0].what.contains("`ProcessGuard` created at tests/tests/leak_detection.rs:"), "{report}");
+    assert!(
+        report.leaks[0].what.contains("`ProcessGuard` of `sleep 3600` created at tests/tests/leak_detection.rs:"),
+        "{report}"
+    );
     assert!(report.leaks[0].action.contains("its process tree was torn down"), "{report}");
     assert!(marked(&guard).is_empty(), "torn down by the scope");
 }
