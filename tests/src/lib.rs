@@ -176,8 +176,9 @@ impl Drop for Decoy {
     }
 }
 
-/// The real MCP servers installed by `scripts/setup.sh`, from `.deps/servers.env`.
-pub fn real_server(key: &str) -> Command {
+/// The argv of a real MCP server installed by `scripts/setup.sh`, as `.deps/servers.env` has it
+/// (whitespace-separated, absolute paths).
+pub fn real_server_argv(key: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate is in the workspace");
     let env_file = root.join(".deps/servers.env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
@@ -186,10 +187,15 @@ pub fn real_server(key: &str) -> Command {
             env_file.display()
         )
     });
-    let line = text
-        .lines()
+    text.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("{} has no {key}=...; rerun scripts/setup.sh", env_file.display()));
+        .unwrap_or_else(|| panic!("{} has no {key}=...; rerun scripts/setup.sh", env_file.display()))
+        .to_owned()
+}
+
+/// A real MCP server installed by `scripts/setup.sh`, from `.deps/servers.env`.
+pub fn real_server(key: &str) -> Command {
+    let line = real_server_argv(key);
     let mut argv = line.split_whitespace();
     let mut cmd = Command::new(argv.next().expect("a program"));
     cmd.args(argv);

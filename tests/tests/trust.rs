@@ -178,9 +178,14 @@ fn a_supervisor_never_touches_another_jobs_processes_that_share_its_run_id() {
         .env("NEXTEST_TEST_NAME", sb.test_name());
     let mut a = Piped::start(job_a);
     let owner = a.ready[0].clone();
+    // Its long-lived processes: two fixture trees (one escaped) and the watchdog; the escape's
+    // intermediate (`--daemonize`) exits by design, so it is not one of them.
     let tree = wait_until("job A's guarded trees and watchdog are up", || {
-        let found = owned_by(&owner);
-        (found.len() >= 6).then_some(found)
+        let found: Vec<ProcId> = owned_by(&owner)
+            .into_iter()
+            .filter(|id| !reapkit::procfs::cmdline(id.pid).contains("--daemonize"))
+            .collect();
+        (found.len() == 6).then_some(found)
     });
     let a_test: OwnerId = owner.parse().expect("an owner id");
 

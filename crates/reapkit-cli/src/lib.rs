@@ -1,8 +1,20 @@
 //! The `reapkit` commands as a library: `reap`, `ps`, `run` and `wrap`.
 //!
 //! A project's xtask embeds the sweep in a few lines — `Reap(reapkit_cli::ReapArgs)` in its
-//! clap enum, `reapkit_cli::reap(&args)` to run it — and gets the same options, output and exit
-//! codes as the `reapkit` binary.
+//! clap enum, `reapkit_cli::reap(&args)` as what `main` returns (a [`Verdict`]) — and gets the
+//! same options, output and exit codes as the `reapkit` binary:
+//!
+//! ```no_run
+//! #[derive(clap::Parser)]
+//! enum Task {
+//!     Reap(reapkit_cli::ReapArgs),
+//! }
+//!
+//! fn main() -> reapkit_cli::Verdict {
+//!     let Task::Reap(args) = clap::Parser::parse();
+//!     reapkit_cli::reap(&args)
+//! }
+//! ```
 //!
 //! Evidence first, output second: the report file is written before anything is printed or
 //! killed (and again with the outcome), and a closed or broken stdout never stops a sweep half
@@ -138,7 +150,11 @@ fn run_id(value: &str) -> Result<String, String> {
 }
 
 /// `reapkit reap`: returns the exit code.
-pub fn reap(args: &ReapArgs) -> Result<i32> {
+pub fn reap(args: &ReapArgs) -> Verdict {
+    Verdict::from(reap_code(args))
+}
+
+fn reap_code(args: &ReapArgs) -> Result<i32> {
     let scope = Scope::DeadOwners { run_id: args.run_id.clone() };
     let mut sweep = args.sweep.sweep(scope);
     if let Some(age) = args.older_than {
@@ -168,7 +184,11 @@ pub fn reap(args: &ReapArgs) -> Result<i32> {
 }
 
 /// `reapkit ps`: everything tracked, alive or orphaned.
-pub fn ps(args: &PsArgs) -> Result<i32> {
+pub fn ps(args: &PsArgs) -> Verdict {
+    Verdict::from(ps_code(args))
+}
+
+fn ps_code(args: &PsArgs) -> Result<i32> {
     let report = args.sweep.sweep(Scope::Everything).find().report();
     let mut out = Out::stdout();
     if args.json {
@@ -191,15 +211,19 @@ pub fn ps(args: &PsArgs) -> Result<i32> {
 }
 
 /// `reapkit run -- CMD`.
-pub fn run(args: RunArgs) -> Result<i32> {
+pub fn run(args: RunArgs) -> Verdict {
+    Verdict::from(run_code(args))
+}
+
+fn run_code(args: RunArgs) -> Result<i32> {
     let run_id = args.run_id.clone().unwrap_or_else(reapkit::ownership::fresh_run_id);
     Out::stderr().line(&format!("reapkit: run {run_id}"));
     supervised(Supervision::Run { run_id }, &args.sweep, &args.cmd)
 }
 
 /// `reapkit wrap TEST-BINARY ARGS...`.
-pub fn wrap(args: WrapArgs) -> Result<i32> {
-    supervised(Supervision::Wrap, &args.sweep, &args.cmd)
+pub fn wrap(args: WrapArgs) -> Verdict {
+    Verdict::from(supervised(Supervision::Wrap, &args.sweep, &args.cmd))
 }
 
 fn supervised(mode: Supervision, sweep: &SweepArgs, argv: &[OsString]) -> Result<i32> {
@@ -281,6 +305,40 @@ fn count(n: usize, what: &str) -> String {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+/// How a command ended: an exit code (0 clean, 1 leaks, 2 unchecked; a supervised command's
+/// own), or an error, which is printed and exits 2. What `main` returns:
+/// `fn main() -> reapkit_cli::Verdict { reapkit_cli::reap(&args) }`.
+#[derive(Debug)]
+pub struct Verdict {
+    code: i32,
+    error: Option<anyhow::Error>,
+}
+
+impl Verdict {
+    /// The exit code it stands for.
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+}
+
+impl From<Result<i32>> for Verdict {
+    fn from(result: Result<i32>) -> Verdict {
+        match result {
+            Ok(code) => Verdict { code, error: None },
+            Err(error) => Verdict { code: reapkit::sweep::EXIT_UNCHECKED, error: Some(error) },
+        }
+    }
+}
+
+impl std::process::Termination for Verdict {
+    fn report(self) -> std::process::ExitCode {
+        if let Some(e) = &self.error {
+            Out::stderr().line(&format!("reapkit: error: {}", evidence(&format!("{e:#}"))));
+        }
+        std::process::ExitCode::from(u8::try_from(self.code).unwrap_or(u8::MAX))
     }
 }
 

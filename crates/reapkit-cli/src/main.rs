@@ -20,15 +20,11 @@ enum Command {
     Wrap(WrapArgs),
 }
 
-fn main() {
-    let code = match Cli::parse().command {
+fn main() -> reapkit_cli::Verdict {
+    match Cli::parse().command {
         Command::Reap(args) => reapkit_cli::reap(&args),
         Command::Ps(args) => reapkit_cli::ps(&args),
         Command::Run(args) => reapkit_cli::run(args),
         Command::Wrap(args) => reapkit_cli::wrap(args),
-    };
-    std::process::exit(code.unwrap_or_else(|e| {
-        reapkit_cli::Out::stderr().line(&format!("reapkit: error: {}", reapkit::escape::evidence(&format!("{e:#}"))));
-        reapkit::sweep::EXIT_UNCHECKED
-    }));
+    }
 }

@@ -344,8 +344,15 @@ impl Container {
             },
         );
         container.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
-        let now = crate::fd_snapshot::numbers(std::process::id() as i32).unwrap_or_default();
-        let fds = now.into_iter().filter(|fd| !spec.fds_before.contains(fd)).collect();
+        // The engine's runtime and connections (sockets, epoll, eventfd) that appeared meanwhile;
+        // never a file or a pipe, which another thread of the test process may have opened.
+        let now = crate::fd_snapshot::FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
+        let fds = now
+            .into_iter()
+            .filter(|fd| !spec.fds_before.contains(&fd.fd))
+            .filter(|fd| matches!(fd.kind, crate::FdKind::Socket | crate::FdKind::AnonInode))
+            .map(|fd| registry::HeldFd { fd: fd.fd, target: Some(fd.target) })
+            .collect();
         let what = match &record.resource {
             ledger::Resource::Container { image, .. } => image.clone(),
             ledger::Resource::Process { .. } => String::new(),
@@ -356,6 +363,7 @@ impl Container {
             what,
             created_at: spec.created_at,
             fds,
+            child: None,
         };
         registry::guard_created(Attachment::current().as_ref(), live);
         Ok((container, spec.plan))

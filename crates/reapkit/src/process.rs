@@ -278,6 +278,7 @@ impl ProcessBuilder {
             what: short_command(&record),
             created_at: self.created_at,
             fds: guard.tree.fds(),
+            child: Some(pid),
         };
         registry::guard_created(scope.as_ref(), live);
         Ok(guard)

@@ -4,7 +4,8 @@
 //! - `REAPKIT_WATCHDOG_OWNER` set: the process is a watchdog ([`crate::watchdog`]).
 //! - `REAPKIT_KEEPER` set: the process is a keeper ([`crate::containment::keeper`]).
 //! - neither: an ordinary process, where the watchdog listens for the first guard of each
-//!   ledger directory ([`crate::registry::listen`]).
+//!   ledger directory ([`crate::registry::listen`]), and the children and descriptors it starts
+//!   with are noted (`scope::unpinned`: what a `cargo test` run leaked, no test can be blamed for).
 //!
 //! Each role exits without returning to `main`; a re-executed binary in which this did not
 //! run (no constructor support) gets an argument it does not know and exits.
@@ -21,4 +22,6 @@ fn entry() {
         keeper::run(&owner.to_string_lossy());
     }
     crate::registry::listen(crate::watchdog::ensure);
+    // What the process has before any test runs: what a shared test scope compares against.
+    crate::scope::unpinned::take_baseline();
 }

@@ -30,6 +30,22 @@ pub(crate) struct Slot {
     live: Mutex<Vec<LiveGuard>>,
 }
 
+/// A descriptor a guard holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeldFd {
+    pub(crate) fd: i32,
+    /// What it points at, where the guard does not own it (an engine's pooled connection may
+    /// close, and its number be reused by anyone): then only the same number *and* target is it.
+    pub(crate) target: Option<String>,
+}
+
+impl HeldFd {
+    /// Whether descriptor `fd`, pointing at `target`, is this one.
+    pub(crate) fn is(&self, fd: i32, target: &str) -> bool {
+        self.fd == fd && self.target.as_deref().is_none_or(|t| t == target)
+    }
+}
+
 /// A guard of a slot, from its creation to its drop: what a report says of one that outlived
 /// its test.
 #[derive(Debug, Clone)]
@@ -43,7 +59,9 @@ pub(crate) struct LiveGuard {
     /// Where the test created it.
     pub(crate) created_at: &'static std::panic::Location<'static>,
     /// The descriptors it holds (pipes, pidfds, eventfd): open for as long as it lives.
-    pub(crate) fds: Vec<i32>,
+    pub(crate) fds: Vec<HeldFd>,
+    /// Its direct child (the server, or its keeper), if it has one.
+    pub(crate) child: Option<i32>,
 }
 
 /// A deferred teardown (`scope.defer(..)`, `reapkit::defer(..)`).
@@ -200,27 +218,60 @@ pub(crate) fn listen(listener: Listener) {
     listeners().push(listener);
 }
 
-/// A guard of `attachment` now exists: it is the slot's until [`guard_dropped`].
+/// A guard now exists: the process's until [`guard_dropped`], and `attachment`'s slot's.
 pub(crate) fn guard_created(attachment: Option<&Attachment>, guard: LiveGuard) {
-    let Some(a) = attachment else { return };
-    let mut by_id = GUARD_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    by_id.retain(|(_, slot)| slot.strong_count() > 0);
-    by_id.push((guard.id.clone(), Arc::downgrade(&a.0)));
-    a.0.live.lock().unwrap_or_else(|p| p.into_inner()).push(guard);
+    let slot = attachment.map(|a| Arc::downgrade(&a.0));
+    if let Some(a) = attachment {
+        a.0.live.lock().unwrap_or_else(|p| p.into_inner()).push(guard.clone());
+    }
+    guards().push((guard, slot));
 }
 
-/// Which slot each live guard belongs to, by guard id: how a drop finds its slot from any thread.
-static GUARD_SLOTS: Mutex<Vec<(String, std::sync::Weak<Slot>)>> = Mutex::new(Vec::new());
+/// Every live guard of the process, with the slot it belongs to.
+static GUARDS: Mutex<Vec<(LiveGuard, Option<std::sync::Weak<Slot>>)>> = Mutex::new(Vec::new());
 
-/// The guard `id` was dropped (or shut down): it is no longer its slot's concern.
+fn guards() -> std::sync::MutexGuard<'static, Vec<(LiveGuard, Option<std::sync::Weak<Slot>>)>> {
+    GUARDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The guard `id` was dropped (or shut down): it is no longer anyone's concern.
 pub(crate) fn guard_dropped(id: &str) {
-    let mut by_id = GUARD_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(at) = by_id.iter().position(|(g, _)| g == id) {
-        let (_, slot) = by_id.swap_remove(at);
-        if let Some(slot) = slot.upgrade() {
+    let mut all = guards();
+    if let Some(at) = all.iter().position(|(g, _)| g.id == id) {
+        let (_, slot) = all.swap_remove(at);
+        if let Some(slot) = slot.and_then(|s| s.upgrade()) {
             slot.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| g.id != id);
         }
     }
+}
+
+/// reapkit's own children that are no test's leak: live guards' direct children (servers,
+/// keepers) and the watchdogs.
+static GUARDIANS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Notes that `pid` is one of reapkit's own helpers (a watchdog).
+pub(crate) fn note_guardian(pid: i32) {
+    GUARDIANS.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+}
+
+/// Whether the child `pid` is reapkit's: a live guard's, or a watchdog.
+pub(crate) fn is_ours(pid: i32) -> bool {
+    guards().iter().any(|(g, _)| g.child == Some(pid))
+        || GUARDIANS.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
+}
+
+/// Whether a live guard holds descriptor `fd`, which points at `target`.
+pub(crate) fn holds_fd(fd: i32, target: &str) -> bool {
+    guards().iter().any(|(g, _)| g.fds.iter().any(|h| h.is(fd, target)))
+}
+
+/// The tests whose slots are active, and `also` (a test that is just ending).
+pub(crate) fn active_tests(also: &str) -> Vec<String> {
+    let mut tests: Vec<String> = active().iter().map(|s| s.test.clone()).collect();
+    if !tests.iter().any(|t| t == also) {
+        tests.push(also.to_owned());
+    }
+    tests
 }
 
 /// A guard is about to create its resource, with its record in `ledger_dir` (and its

@@ -25,8 +25,9 @@ pub struct StderrRing {
     capacity: usize,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
-    /// The descriptors it holds: the pipe and both ends of its stop signal.
-    fds: [i32; 3],
+    /// The descriptor it holds for as long as it lives: its stop signal. (The pipe and the
+    /// thread's copy of the signal close when the thread ends, at the child's EOF.)
+    own_fd: i32,
 }
 
 impl StderrRing {
@@ -34,18 +35,18 @@ impl StderrRing {
     pub fn start(stderr: ChildStderr, capacity: usize) -> std::io::Result<StderrRing> {
         let stop = sys::eventfd()?;
         let stop_for_thread = stop.try_clone()?;
-        let fds = [stderr.as_raw_fd(), stop.as_raw_fd(), stop_for_thread.as_raw_fd()];
+        let own_fd = stop.as_raw_fd();
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(8192))));
         let sink = Arc::clone(&tail);
         let thread = std::thread::Builder::new()
             .name("reapkit-stderr".into())
             .spawn(move || drain(stderr, &stop_for_thread, &sink, capacity))?;
-        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), fds })
+        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), own_fd })
     }
 
-    /// The descriptors it holds while it runs.
-    pub(crate) fn fds(&self) -> &[i32] {
-        &self.fds
+    /// The descriptor it holds for as long as it lives.
+    pub(crate) fn own_fd(&self) -> i32 {
+        self.own_fd
     }
 
     /// The last bytes written, as text (lossy), starting at a line boundary where one exists.

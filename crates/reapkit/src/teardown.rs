@@ -171,18 +171,19 @@ pub(crate) struct Tree {
 
 impl Tree {
     /// The descriptors the guard holds while it lives: its pipes, pidfds and drain.
-    pub(crate) fn fds(&self) -> Vec<i32> {
+    pub(crate) fn fds(&self) -> Vec<crate::registry::HeldFd> {
         use std::os::fd::AsRawFd;
         let mut fds = vec![self.leader.pidfd.as_raw_fd()];
         fds.extend(self.stdin.as_ref().map(AsRawFd::as_raw_fd));
         fds.extend(self.stdout.as_ref().map(AsRawFd::as_raw_fd));
-        fds.extend(self.stderr.iter().flat_map(|r| r.fds().iter().copied()));
+        fds.extend(self.stderr.as_ref().map(StderrRing::own_fd));
         match &self.holder {
             Holder::Cgroup(cg) => fds.push(cg.events_fd().as_raw_fd()),
             Holder::Keeper(keeper) => fds.push(keeper.pidfd.as_raw_fd()),
             Holder::Marker { .. } => {}
         }
-        fds
+        // Its own: open as long as the guard is, so the number alone names them.
+        fds.into_iter().map(|fd| crate::registry::HeldFd { fd, target: None }).collect()
     }
 }
 

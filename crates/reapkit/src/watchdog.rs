@@ -62,7 +62,10 @@ pub(crate) fn ensure(ledger_dir: &Path) {
         return;
     }
     match spawn(ledger_dir) {
-        Ok(pid) => started.push((ledger_dir.to_path_buf(), pid)),
+        Ok(pid) => {
+            crate::registry::note_guardian(pid);
+            started.push((ledger_dir.to_path_buf(), pid));
+        }
         Err(e) => crate::error::warn(&format!(
             "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
              until `reapkit reap` runs{}",

@@ -23,6 +23,7 @@
 
 mod baseline;
 mod report;
+pub(crate) mod unpinned;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -210,6 +211,9 @@ impl ScopeBuilder {
         let shared = Arc::new(Slot::new(test, alone, self.eof_grace, self.term_grace));
         registry::enter(&shared);
         let exact = isolation.is_exact();
+        if !exact {
+            unpinned::begin();
+        }
         if exact {
             // Orphans of what the test starts then come to this process instead of PID 1: the
             // children check sees them (`sh -c 'server &'`), and ends and reaps them.
@@ -363,6 +367,9 @@ impl TestScope {
         }
         fold_undropped(&mut report, &undropped);
         apply_acceptance(&mut report, &self.allow, &baseline, &checked);
+        if !self.isolation.is_exact() {
+            unpinned::end(&self.shared.test);
+        }
         if report.fails() {
             Err(Box::new(report))
         } else {

@@ -70,7 +70,8 @@ pub struct ScopeLeak {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
     Guard(String),
-    Fd(i32),
+    /// A descriptor: its number and target.
+    Fd(i32, String),
     Other,
 }
 
@@ -86,7 +87,7 @@ impl ScopeLeak {
                  that holds it (a leaked guard holds its child's pipes). Accepted? #[reapkit::test(allow = \"fd:{kind}\")]"
             ),
             names: vec![kind, fd.target.clone()],
-            origin: Origin::Fd(fd.fd),
+            origin: Origin::Fd(fd.fd, fd.target.clone()),
             ident: None,
         }
     }
@@ -152,7 +153,7 @@ impl ScopeLeak {
     pub(super) fn belongs_to(&self, guard: &registry::LiveGuard) -> bool {
         match &self.origin {
             Origin::Guard(id) => *id == guard.id || id.starts_with(&format!("{}-pid", guard.id)),
-            Origin::Fd(fd) => guard.fds.contains(fd),
+            Origin::Fd(fd, target) => guard.fds.iter().any(|h| h.is(*fd, target)),
             Origin::Other => false,
         }
     }
