@@ -214,8 +214,9 @@ fn wrap_fails_exactly_the_test_that_leaked_and_reaps_it() {
     assert_eq!(out.status.code(), Some(1), "a passing test that leaked fails:\n{stderr}");
     assert!(stderr.contains(LEAKY_TEST), "the report names the test:\n{stderr}");
     let (owner, container) = read_ready_from(&out.stdout);
-    for kind in ["process", "container"] {
-        assert!(stderr.contains(&format!("leaked {kind}")), "{kind} reported:\n{stderr}");
+    for (kind, action) in [("process", "killed"), ("container", "removed")] {
+        let row = stderr.lines().any(|l| l.starts_with(kind) && l.contains(action) && l.contains(LEAKY_TEST));
+        assert!(row, "one row per leak, its action done ({kind}: {action}):\n{stderr}");
     }
     let container = container.expect("a container");
     assert!(!container_exists(&container), "the leaked container was removed");
@@ -264,8 +265,10 @@ fn run_reaps_what_any_command_leaves_and_keeps_its_status() {
             .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(expected), "{stderr}");
-        assert_eq!(stderr.matches("reapkit: leaked process").count(), 2, "both sleeps reported:\n{stderr}");
-        assert!(stderr.contains("from test sh -c"), "attributed to the command:\n{stderr}");
+        let rows = stderr.lines().filter(|l| l.starts_with("process") && l.contains("killed")).count();
+        assert_eq!(rows, 2, "both sleeps reported, one row each:\n{stderr}");
+        assert!(stderr.contains("the command left behind 2 resources:"), "{stderr}");
+        assert!(stderr.contains(" sh -c "), "attributed to the command:\n{stderr}");
     }
     decoy.assert_survived("the decoy with the same command line");
     drop(decoy);
@@ -295,7 +298,9 @@ fn run_removes_the_containers_created_under_its_run_id() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let (_, container) = read_ready_from(&out.stdout);
     let container = container.expect("a container");
-    assert!(stderr.contains(&format!("leaked container {}", &container[..12])), "{stderr}");
+    let row =
+        stderr.lines().any(|l| l.starts_with("container") && l.contains(&container[..12]) && l.contains("removed"));
+    assert!(row, "{stderr}");
     assert!(!container_exists(&container), "removed");
     assert!(docker(&["ps", "-aq", "--filter", &format!("label=reapkit.run-id={run_id}")]).is_empty());
 }

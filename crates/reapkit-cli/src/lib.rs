@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use reapkit::escape::evidence;
 use reapkit::supervise::{self, Supervision};
-use reapkit::sweep::{write_table, DockerCheck, Findings, Report, Scope, Sweep, EXIT_CLEAN, EXIT_LEAKS};
+use reapkit::sweep::{write_columns, Columns, DockerCheck, Leak, Report, Scope, Sweep, EXIT_CLEAN, EXIT_LEAKS};
 
 /// Where a sweep looks and how it ends things: shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -99,6 +99,9 @@ pub struct ReapArgs {
     /// Exit 0 even if leaks were found (for a setup step that clears stale state)
     #[arg(long)]
     pub warn_only: bool,
+    /// Every column (RSS, FDs, threads, binary, owner, working directory), not 100 columns
+    #[arg(long)]
+    pub wide: bool,
     #[command(flatten)]
     pub sweep: SweepArgs,
 }
@@ -109,6 +112,12 @@ pub struct PsArgs {
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
+    /// Everything of this user, not only this project's (its directory) and this run's
+    #[arg(long)]
+    pub all: bool,
+    /// Every column (RSS, FDs, threads, binary, owner, working directory), not 100 columns
+    #[arg(long)]
+    pub wide: bool,
     #[command(flatten)]
     pub sweep: SweepArgs,
 }
@@ -167,15 +176,17 @@ fn reap_code(args: &ReapArgs) -> Result<i32> {
     let file = args.report.clone().or_else(default_report_path);
     // The evidence is on disk before anything is printed or killed.
     let mut problems = write_report(file.as_deref(), &findings.preview());
-    let mut out = Out::stdout();
-    if !args.json && !findings.leaks().is_empty() {
-        let verb = if args.dry_run { "would reap" } else { "reaping" };
-        out.line(&format!("reapkit: {verb} {}; the evidence:", count(findings.leaks().len(), "leaked resource")));
-        out.table(&findings);
-    }
     let report = if args.dry_run { findings.report() } else { findings.reap() };
     problems.extend(write_report(file.as_deref(), &report));
-    publish(&mut out, &report, args.json);
+    let mut out = Out::stdout();
+    if args.json {
+        out.line(&report.to_json());
+    } else {
+        let verb = if args.dry_run { "would reap" } else { "reaped" };
+        let columns = if args.wide { Columns::Wide } else { Columns::Actions };
+        publish(&mut out, &report, &format!("reapkit: {verb}"), "leaked resource", columns);
+    }
+    github_annotations(&mut out, &report);
     for problem in &problems {
         Out::stderr().line(&format!("reapkit: {problem}"));
     }
@@ -189,14 +200,24 @@ pub fn ps(args: &PsArgs) -> Verdict {
 }
 
 fn ps_code(args: &PsArgs) -> Result<i32> {
-    let report = args.sweep.sweep(Scope::Everything).find().report();
+    let mut report = args.sweep.sweep(Scope::Everything).find().report();
+    if !args.all {
+        let (here, elsewhere): (Vec<Leak>, Vec<Leak>) = report.leaks.into_iter().partition(in_this_project);
+        report.leaks = here;
+        if !elsewhere.is_empty() {
+            report.notes.push(format!(
+                "{} of other projects or runs not shown (--all shows them)",
+                count(elsewhere.len(), "resource")
+            ));
+        }
+    }
     let mut out = Out::stdout();
     if args.json {
         out.line(&report.to_json());
     } else if report.leaks.is_empty() {
         out.line("reapkit: nothing tracked is alive");
     } else {
-        out.write_table(&report.leaks);
+        out.columns(&report.leaks, if args.wide { Columns::Wide } else { Columns::Health });
     }
     let mut err = Out::stderr();
     for line in &report.unchecked {
@@ -208,6 +229,17 @@ fn ps_code(args: &PsArgs) -> Result<i32> {
         }
     }
     Ok(if report.unchecked.is_empty() { EXIT_CLEAN } else { reapkit::sweep::EXIT_UNCHECKED })
+}
+
+/// Whether a resource is this project's (it runs in its directory) or this run's (its run id).
+fn in_this_project(leak: &Leak) -> bool {
+    let run = std::env::var("REAPKIT_RUN_ID").or_else(|_| std::env::var("NEXTEST_RUN_ID")).ok();
+    let project = reapkit::ledger::target_dir().and_then(|t| t.parent().map(std::path::Path::to_path_buf));
+    let here = std::env::current_dir().ok();
+    let under = |dir: &Option<PathBuf>| {
+        dir.as_ref().is_some_and(|d| leak.cwd.as_deref().is_some_and(|c| std::path::Path::new(c).starts_with(d)))
+    };
+    (run.is_some() && leak.run_id == run) || under(&project) || under(&here) || leak.cwd.is_none()
 }
 
 /// `reapkit run -- CMD`.
@@ -232,47 +264,31 @@ fn supervised(mode: Supervision, sweep: &SweepArgs, argv: &[OsString]) -> Result
     cmd.args(rest);
     let supervise::Ended { status, findings } = supervise::supervise(mode, cmd, |scope| sweep.sweep(scope))?;
     // stdout belongs to the command; the verdict goes to stderr, which nextest shows on failure.
-    let mut err = Out::stderr();
-    if !findings.leaks().is_empty() {
-        err.line(&format!(
-            "reapkit: the command left {} behind; the evidence:",
-            count(findings.leaks().len(), "resource")
-        ));
-        err.table(&findings);
-    }
     let report = findings.reap();
-    for leak in &report.leaks {
-        err.line(&format!("reapkit: leaked {}", leak.summary()));
-    }
-    for line in &report.unchecked {
-        err.line(&format!("reapkit: could not check: {}", evidence(line)));
-    }
-    for line in &report.notes {
-        err.line(&format!("reapkit: note: {}", evidence(line)));
+    if !report.leaks.is_empty() || !report.unchecked.is_empty() {
+        publish(&mut Out::stderr(), &report, "reapkit: the command left behind", "resource", Columns::Actions);
     }
     github_annotations(&mut Out::stdout(), &report);
     Ok(supervise::exit_code(status, &report))
 }
 
-/// Prints the outcome (JSON or prose) and the GitHub annotations.
-fn publish(out: &mut Out, report: &Report, json: bool) {
-    if json {
-        out.line(&report.to_json());
-    } else {
-        for leak in &report.leaks {
-            out.line(&format!("reapkit: {}", leak.summary()));
-        }
-        for line in &report.unchecked {
-            out.line(&format!("reapkit: could not check: {}", evidence(line)));
-        }
-        for line in &report.notes {
-            out.line(&format!("reapkit: note: {}", evidence(line)));
-        }
-        if report.leaks.is_empty() && report.unchecked.is_empty() {
+/// Prints the outcome for people: one table row per leak, its action in the past tense once it
+/// is done (`heading N things:` above it), then what could not be checked and the notes.
+fn publish(out: &mut Out, report: &Report, heading: &str, thing: &str, columns: Columns) {
+    if report.leaks.is_empty() {
+        if report.unchecked.is_empty() {
             out.line("reapkit: nothing leaked");
         }
+    } else {
+        out.line(&format!("{heading} {}:", count(report.leaks.len(), thing)));
+        out.columns(&report.leaks, columns);
     }
-    github_annotations(out, report);
+    for line in &report.unchecked {
+        out.line(&format!("reapkit: could not check: {}", evidence(line)));
+    }
+    for line in &report.notes {
+        out.line(&format!("reapkit: note: {}", evidence(line)));
+    }
 }
 
 /// Writes the report file; what went wrong, if anything, for the caller to say (once stdout
@@ -363,13 +379,9 @@ impl Out {
         self.raw(format!("{text}\n").as_bytes());
     }
 
-    fn table(&mut self, findings: &Findings) {
-        self.write_table(findings.leaks());
-    }
-
-    fn write_table(&mut self, leaks: &[reapkit::sweep::Leak]) {
+    fn columns(&mut self, leaks: &[Leak], columns: Columns) {
         let mut text = Vec::new();
-        let _ = write_table(&mut text, leaks);
+        let _ = write_columns(&mut text, leaks, columns);
         self.raw(&text);
     }
 

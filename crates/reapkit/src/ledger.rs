@@ -327,12 +327,116 @@ pub fn target_dir() -> Option<PathBuf> {
     cwd.ancestors().map(|a| a.join("target")).find(|t| is_target(t))
 }
 
-/// Creates the directory and proves it is writable by us, before any child is spawned.
+/// Creates the directory and proves it is writable by us, before any child is spawned; then
+/// notes it in this user's index, so that sweeps run from anywhere find it.
 fn prepare(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
+    std::fs::remove_file(&probe)?;
+    index::note(dir);
+    Ok(())
+}
+
+/// This user's index of ledger directories: every directory a guard of this user has written
+/// records to, so that `reapkit reap` and `ps` find the evidence wherever they are run from
+/// (another directory, another target dir), without guessing from the working directory.
+///
+/// One absolute path per line in `$XDG_STATE_HOME/reapkit/ledgers` (else
+/// `~/.local/state/reapkit/ledgers`, else `reapkit-<uid>/ledgers` in the temporary directory),
+/// appended with `O_APPEND` (one short write: atomic between processes). Hostile input like
+/// everything else read: a regular file of ours, bounded, absolute paths only; directories
+/// that are gone are skipped (and dropped when the file is rewritten).
+pub mod index {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// More than any user's ledgers would ever list: past it the file is rewritten, pruned.
+    const MAX_INDEX_BYTES: u64 = 1 << 20;
+
+    /// The index file.
+    pub fn path() -> PathBuf {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".local/state")));
+        match state {
+            Some(dir) if dir.is_absolute() => dir.join("reapkit/ledgers"),
+            _ => std::env::temp_dir().join(format!("reapkit-{}", crate::procfs::my_uid())).join("ledgers"),
+        }
+    }
+
+    /// Adds `dir` to the index, once per process; best effort (the ledger works without it).
+    pub(crate) fn note(dir: &Path) {
+        static NOTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+        let Ok(dir) = std::path::absolute(dir) else { return };
+        let mut noted = NOTED.lock().unwrap_or_else(|p| p.into_inner());
+        if noted.contains(&dir) {
+            return;
+        }
+        noted.push(dir.clone());
+        if read().contains(&dir) {
+            return;
+        }
+        let file = path();
+        let appended = file.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            let mut line = std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec();
+            line.push(b'\n');
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file)?.write_all(&line)
+        });
+        if appended.is_ok() && std::fs::metadata(&file).is_ok_and(|m| m.len() > MAX_INDEX_BYTES) {
+            prune();
+        }
+    }
+
+    /// The ledger directories the index lists that still exist and are ours, in order.
+    pub fn read() -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for dir in listed() {
+            let ours = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == crate::procfs::my_uid());
+            if ours && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+
+    /// Every absolute path the file lists, as read: a regular file of ours, at most
+    /// `MAX_INDEX_BYTES`, opened without following a symlink or blocking.
+    fn listed() -> Vec<PathBuf> {
+        let Ok(file) =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path())
+        else {
+            return Vec::new();
+        };
+        let regular_of_ours =
+            file.metadata().is_ok_and(|m| m.file_type().is_file() && m.uid() == crate::procfs::my_uid());
+        let mut bytes = Vec::new();
+        if !regular_of_ours || file.take(MAX_INDEX_BYTES).read_to_end(&mut bytes).is_err() {
+            return Vec::new();
+        }
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|line| line.first() == Some(&b'/'))
+            .map(|line| PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(line)))
+            .collect()
+    }
+
+    /// Rewrites the file with only the directories that still exist (temp + rename).
+    fn prune() {
+        let file = path();
+        let tmp = file.with_extension("tmp");
+        let mut body = Vec::new();
+        for dir in read() {
+            body.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()));
+            body.push(b'\n');
+        }
+        if std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &file)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }
 
 /// Now, as RFC 3339 in UTC with seconds.

@@ -25,9 +25,11 @@ pub struct StderrRing {
     capacity: usize,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
-    /// The descriptor it holds for as long as it lives: its stop signal. (The pipe and the
-    /// thread's copy of the signal close when the thread ends, at the child's EOF.)
+    /// The descriptor it holds for as long as it lives: its stop signal.
     own_fd: i32,
+    /// The ones its thread holds until it ends (at the child's EOF, maybe later than the child's
+    /// death): the pipe and the thread's copy of the stop signal.
+    thread_fds: [i32; 2],
 }
 
 impl StderrRing {
@@ -35,18 +37,23 @@ impl StderrRing {
     pub fn start(stderr: ChildStderr, capacity: usize) -> std::io::Result<StderrRing> {
         let stop = sys::eventfd()?;
         let stop_for_thread = stop.try_clone()?;
-        let own_fd = stop.as_raw_fd();
+        let (own_fd, thread_fds) = (stop.as_raw_fd(), [stderr.as_raw_fd(), stop_for_thread.as_raw_fd()]);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(8192))));
         let sink = Arc::clone(&tail);
         let thread = std::thread::Builder::new()
             .name("reapkit-stderr".into())
             .spawn(move || drain(stderr, &stop_for_thread, &sink, capacity))?;
-        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), own_fd })
+        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), own_fd, thread_fds })
     }
 
     /// The descriptor it holds for as long as it lives.
     pub(crate) fn own_fd(&self) -> i32 {
         self.own_fd
+    }
+
+    /// The descriptors its thread holds while it runs.
+    pub(crate) fn thread_fds(&self) -> [i32; 2] {
+        self.thread_fds
     }
 
     /// The last bytes written, as text (lossy), starting at a line boundary where one exists.

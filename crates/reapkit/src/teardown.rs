@@ -182,8 +182,15 @@ impl Tree {
             Holder::Keeper(keeper) => fds.push(keeper.pidfd.as_raw_fd()),
             Holder::Marker { .. } => {}
         }
-        // Its own: open as long as the guard is, so the number alone names them.
-        fds.into_iter().map(|fd| crate::registry::HeldFd { fd, target: None }).collect()
+        // Its own: open as long as the guard is, so the number alone names them. The drain's
+        // close when its thread ends: by number *and* target (a later descriptor may get the number).
+        let mut held: Vec<crate::registry::HeldFd> =
+            fds.into_iter().map(|fd| crate::registry::HeldFd { fd, target: None }).collect();
+        for fd in self.stderr.iter().flat_map(StderrRing::thread_fds) {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string());
+            held.extend(target.ok().map(|t| crate::registry::HeldFd { fd, target: Some(t) }));
+        }
+        held
     }
 }
 

@@ -44,7 +44,8 @@ use crate::{sys, teardown};
 pub(crate) use processes::Markers;
 pub(crate) use report::{action_words, words};
 pub use report::{
-    write_table, Action, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS, EXIT_UNCHECKED,
+    write_columns, write_table, Action, Columns, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS,
+    EXIT_UNCHECKED,
 };
 pub use scope::Scope;
 pub(crate) use scope::{Claim, Judge, OwnerHealth, Verdict};
@@ -166,7 +167,16 @@ impl Sweep {
 
     /// Reads the machine: ledger, `/proc`, Docker. Never signals anything.
     pub fn find(&self) -> Findings {
-        let dir = self.ledger_dir.clone().unwrap_or_else(ledger::default_dir);
+        // The ledger asked for; else this project's and every one this user's guards wrote to.
+        let dirs: Vec<PathBuf> = match &self.ledger_dir {
+            Some(dir) => vec![dir.clone()],
+            None => {
+                let default = ledger::default_dir();
+                let indexed = ledger::index::read().into_iter().filter(|d| *d != default);
+                std::iter::once(default.clone()).chain(indexed).collect()
+            }
+        };
+        let dir = dirs[0].clone();
         let mut f = Findings {
             leaks: Vec::new(),
             targets: Vec::new(),
@@ -191,10 +201,21 @@ impl Sweep {
                 .push(format!("nothing was checked: /proc cannot be listed: {}", crate::Error::io("listing /proc", e)));
             return f;
         }
-        let contents = ledger::read_dir(&dir).unwrap_or_else(|e| {
-            f.unchecked.push(e.to_string());
-            ledger::Contents::default()
-        });
+        let mut contents = ledger::Contents::default();
+        let mut read = Vec::new();
+        for dir in &dirs {
+            match ledger::read_dir(dir) {
+                Ok(c) => {
+                    read.push(format!("{} ({} records)", dir.display(), c.records.len() + c.unreadable.len()));
+                    contents.records.extend(c.records);
+                    contents.unreadable.extend(c.unreadable);
+                }
+                Err(e) => f.unchecked.push(e.to_string()),
+            }
+        }
+        if self.ledger_dir.is_none() {
+            f.notes.push(format!("read the ledgers: {}", read.join(", ")));
+        }
         for (path, reason) in &contents.unreadable {
             f.unchecked.push(format!(
                 "ledger record {} is unreadable ({reason}); every other record was checked. \

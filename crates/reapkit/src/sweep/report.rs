@@ -193,38 +193,94 @@ impl Report {
     }
 }
 
-/// The evidence table: one row per leak, the columns a person needs to decide. Every cell is
-/// escaped ([`crate::escape::evidence`]): a row is one line and starts with the leak's kind.
+/// Which table to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// What `reap` did: kind, id, age, action, test, command — 100 columns.
+    Actions,
+    /// What `ps` lists: kind, id, age, health, test, command — 100 columns.
+    Health,
+    /// Everything: RSS, FDs, threads, binary, owner, working directory too (`--wide`).
+    Wide,
+}
+
+/// The width the compact tables keep to.
+const TABLE_WIDTH: usize = 100;
+
+/// The evidence table for `reap`: one row per leak, at most 100 columns ([`Columns::Actions`]).
 pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
+    write_columns(out, leaks, Columns::Actions)
+}
+
+/// One row per leak, in the chosen [`Columns`]. Every cell is escaped
+/// ([`crate::escape::evidence`]): a row is one line and starts with the leak's kind; a detail,
+/// if any, goes on the next line.
+pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> io::Result<()> {
     if leaks.is_empty() {
         return writeln!(out, "no leaks");
     }
-    writeln!(
-        out,
-        "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} COMMAND (CWD)",
-        "KIND", "PID/ID", "AGE", "HEALTH", "RSS", "FDS", "THR", "EXE", "ACTION", "OWNER", "TEST"
-    )?;
-    for l in leaks {
-        let dash = || "-".to_owned();
-        writeln!(
-            out,
-            "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} {}{}",
-            format!("{:?}", l.kind).to_lowercase(),
-            evidence(&l.ident()),
-            l.age_s.map_or_else(dash, age_short),
-            words(&l.health),
-            l.rss_bytes.map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1048576.0)),
-            l.fds.map_or_else(dash, |n| n.to_string()),
-            l.threads.map_or_else(dash, |n| n.to_string()),
-            l.exe.map_or_else(dash, |e| words(&e)),
-            words(&l.action),
-            evidence(l.owner.as_deref().map_or("-", short_owner)),
-            truncate(&evidence(l.test.as_deref().unwrap_or("-")), 40),
-            truncate(&evidence(l.command.as_deref().unwrap_or("-")), 100),
-            l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {})", evidence(c))),
-        )?;
-        if let Some(detail) = &l.detail {
-            writeln!(out, "{:<9} └ {}", "", evidence(detail))?;
+    let dash = || "-".to_owned();
+    let kind = |l: &Leak| format!("{:?}", l.kind).to_lowercase();
+    let test = |l: &Leak, n: usize| truncate(&evidence(l.test.as_deref().unwrap_or("-")), n);
+    let command = |l: &Leak| evidence(l.command.as_deref().unwrap_or("-")).into_owned();
+    match columns {
+        Columns::Actions | Columns::Health => {
+            let middle = if columns == Columns::Actions { "ACTION" } else { "HEALTH" };
+            let head = format!("{:<9} {:<12} {:>5} {:<18} {:<24} ", "KIND", "PID/ID", "AGE", middle, "TEST");
+            writeln!(out, "{head}COMMAND")?;
+            let room = TABLE_WIDTH - head.chars().count();
+            for l in leaks {
+                let status = if columns == Columns::Actions { words(&l.action) } else { words(&l.health) };
+                writeln!(
+                    out,
+                    "{:<9} {:<12} {:>5} {:<18} {:<24} {}",
+                    kind(l),
+                    truncate(&evidence(&l.ident()), 12),
+                    l.age_s.map_or_else(dash, age_short),
+                    status,
+                    test(l, 24),
+                    truncate(&command(l), room),
+                )?;
+                let exe = match l.exe {
+                    Some(ExeState::Replaced) => {
+                        Some("stale-binary: its binary was rebuilt after it started".to_owned())
+                    }
+                    Some(ExeState::Deleted) => Some("stale-binary: its binary was deleted after it started".to_owned()),
+                    _ => None,
+                };
+                for detail in l.detail.iter().chain(&exe) {
+                    writeln!(out, "{:<9} └ {}", "", truncate(&evidence(detail), TABLE_WIDTH - 12))?;
+                }
+            }
+        }
+        Columns::Wide => {
+            writeln!(
+                out,
+                "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} COMMAND (CWD)",
+                "KIND", "PID/ID", "AGE", "HEALTH", "RSS", "FDS", "THR", "EXE", "ACTION", "OWNER", "TEST"
+            )?;
+            for l in leaks {
+                writeln!(
+                    out,
+                    "{:<9} {:<12} {:>6} {:<12} {:>8} {:>4} {:>4} {:<8} {:<18} {:<16} {:<40} {}{}",
+                    kind(l),
+                    evidence(&l.ident()),
+                    l.age_s.map_or_else(dash, age_short),
+                    words(&l.health),
+                    l.rss_bytes.map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1048576.0)),
+                    l.fds.map_or_else(dash, |n| n.to_string()),
+                    l.threads.map_or_else(dash, |n| n.to_string()),
+                    l.exe.map_or_else(dash, |e| words(&e)),
+                    words(&l.action),
+                    evidence(l.owner.as_deref().map_or("-", short_owner)),
+                    test(l, 40),
+                    command(l),
+                    l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {})", evidence(c))),
+                )?;
+                if let Some(detail) = &l.detail {
+                    writeln!(out, "{:<9} └ {}", "", evidence(detail))?;
+                }
+            }
         }
     }
     Ok(())
@@ -258,6 +314,9 @@ fn age_words(secs: u64) -> String {
 }
 
 fn truncate(s: &str, max: usize) -> String {
+    if max == 0 {
+        return String::new();
+    }
     if s.chars().count() <= max {
         s.to_owned()
     } else {
