@@ -12,8 +12,25 @@ const BASELINE_FILE: &str = "reapkit-leaks.txt";
 /// Leak kinds an `allow` pattern may name (`reapkit::scope::LeakKind`).
 const KINDS: [&str; 5] = ["fd", "process", "container", "network", "volume"];
 
-/// Wraps a test in a reapkit test scope; see `reapkit::test` for the options and the order
-/// with `#[tokio::test]` and serial_test.
+/// Runs a test's body in a reapkit test scope (`reapkit::TestScope`) and fails the test if it
+/// leaked: a guard it never dropped (named with the line that created it), a process carrying
+/// its marker, a container labelled with it, a child it started by hand, a descriptor it left
+/// open. Replaces `#[test]`.
+///
+/// ```ignore
+/// #[reapkit::test(allow = ["fd:socket"], settle = "200ms", eof_grace = "100ms", term_grace = "1s")]
+/// fn my_test() -> Result<(), reapkit::Error> { Ok(()) }
+/// ```
+///
+/// Options: `allow = [..]` (accepted leaks: `fd:<kind or path glob>`, `process:<program>`,
+/// `container:<image>`), `fd_check = false`, `serialized` (you serialize by other means),
+/// `settle` (how long the checks wait for things still closing, default 400 ms), `eof_grace`
+/// and `term_grace` (for the test's guards). The body may take `scope: &reapkit::TestScope`.
+///
+/// With `#[tokio::test]`: put tokio's attribute *above* this one, so the scope wraps the runtime
+/// and tasks still holding guards are dropped with it before the checks. Under plain
+/// `cargo test`, serial_test's `#[serial]`/`#[file_serial]` written *below* this attribute make
+/// the descriptor and child checks exact; without them, such leaks fail the run at its exit.
 #[proc_macro_attribute]
 pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();

@@ -1,24 +1,82 @@
 //! reapkit makes tests clean up after themselves.
 //!
-//! A test that spawns a helper process or an MCP stdio server gets an RAII guard that tears
-//! down the *whole tree* — grandchildren and `setsid` escapees included — and closes every
-//! pipe when the test ends, passes, panics or returns early.
+//! **Guards.** A test that spawns a helper process or an MCP stdio server gets an RAII guard
+//! that tears down the *whole tree* — grandchildren, `setsid` escapees, processes that cleared
+//! their environment — and closes every pipe when the test ends, passes, panics or returns
+//! early. The tree is held by a cgroup of its own where the machine allows it, else by a keeper
+//! process above it ([`Containment`]).
 //!
-//! ```no_run
-//! use std::process::Command;
-//! use reapkit::McpServer;
-//!
-//! let mut cmd = Command::new("npx");
-//! cmd.args(["-y", "@modelcontextprotocol/server-everything"]);
-//! let mut server = McpServer::start(cmd)?;          // spawn + initialize handshake
-//! let tools = server.list_tools()?;
-//! assert!(!tools.is_empty());
-//! // Dropping `server` closes stdin, then SIGTERM/SIGKILL the group, kills escapees,
-//! // reaps zombies: `npm exec`, `sh` and `node` are all gone.
+//! ```
+//! let mut cmd = std::process::Command::new("sleep");
+//! cmd.arg("60");
+//! let guard = reapkit::ProcessGuard::spawn(cmd)?;
+//! let report = guard.shutdown(); // or just drop it
+//! assert!(report.is_clean(), "{report}");
 //! # Ok::<(), reapkit::Error>(())
 //! ```
 //!
-//! See `ARCHITECTURE.md` in the repository for how the pieces fit and for the ownership contract.
+//! **MCP servers** (feature `mcp`, default): [`McpServer`] is a guard that speaks MCP.
+//!
+//! ```no_run
+//! let mut cmd = std::process::Command::new("npx");
+//! cmd.args(["-y", "@modelcontextprotocol/server-everything"]);
+//! let mut server = reapkit::McpServer::start(cmd)?; // spawn + initialize handshake
+//! let out = server.call_tool("echo", serde_json::json!({"message": "hi"}))?;
+//! assert!(out.text().contains("hi"));
+//! # Ok::<(), reapkit::Error>(())
+//! ```
+//!
+//! **Containers** (feature `docker`): [`Container`] is labelled at create and removed with its
+//! volumes and networks on drop, in any async runtime or none.
+//!
+//! ```no_run
+//! # #[cfg(feature = "docker")]
+//! # fn main() -> Result<(), reapkit::Error> {
+//! let c = reapkit::Container::builder("busybox:latest").cmd(["sleep", "60"]).start()?;
+//! println!("{}", c.exec(&["echo", "hi"])?.output);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "docker"))] fn main() {}
+//! ```
+//!
+//! **`#[reapkit::test]`** ([`test`]) replaces `#[test]`: after the body it tears down what the
+//! test's guards left and fails the test that leaked a process, container or descriptor,
+//! naming it (a forgotten guard with the line that created it).
+//!
+//! ```
+//! #[reapkit::test(allow = ["fd:socket"], term_grace = "1s")]
+//! fn my_test() {
+//!     // guards created here are this test's
+//! }
+//! ```
+//!
+//! **Scopes** ([`TestScope`], [`scope()`], [`defer()`]) are the same without the macro, with
+//! afterEach hooks:
+//!
+//! ```
+//! let scope = reapkit::TestScope::enter();
+//! scope.defer(|| println!("afterEach"));
+//! scope.finish().expect("nothing leaked");
+//! ```
+//!
+//! **Budgets** ([`Budget`]) check a server's RSS, FDs, threads and descendants across a
+//! workload: `server.process().watch(Budget::new().fds(Limit::Flat))?`, then `watch.sample()?`.
+//!
+//! **The watchdog** needs nothing: the first guard of a test process starts one (the test
+//! binary re-executed), which reaps what the process registered if it is SIGKILLed.
+//!
+//! **The CLI** (crate `reapkit-cli`): `reapkit reap` (or `cargo xtask reap`) finds leftovers of
+//! test runs by proof of ownership, reaps them and fails CI; `reapkit ps` lists what is tracked;
+//! `reapkit wrap` is nextest's wrapper script; `reapkit run -- npm test` supervises any command.
+//! The library side is [`sweep::Sweep`]:
+//!
+//! ```no_run
+//! let findings = reapkit::sweep::Sweep::new(reapkit::sweep::Scope::dead_owners()).find();
+//! let report = findings.reap();
+//! std::process::exit(report.exit_code);
+//! ```
+//!
+//! `ARCHITECTURE.md` in the repository holds the map and the ownership contract (marker values,
+//! labels, ledger format, exit codes).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
@@ -73,6 +131,11 @@ pub use reapkit_macros::test;
 pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
 pub use teardown::{EndedBy, Step, Teardown};
 pub use watchdog::DEFAULT_WATCHDOG_GRACE;
+
+/// The README's examples, compiled (and run, where they need nothing from outside) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 /// What `#[reapkit::test]` expands to; not a stable API.
 #[doc(hidden)]
