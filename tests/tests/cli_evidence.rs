@@ -71,3 +71,63 @@ fn a_rebuilt_or_deleted_binary_is_shown_as_stale() {
     }
     assert!(pids.iter().all(|&p| ProcId::of(p).is_none()));
 }
+
+#[test]
+fn reap_run_from_anywhere_finds_the_evidence_through_the_users_ledger_index() {
+    let state = tempfile::tempdir().expect("a state directory (XDG_STATE_HOME)");
+    let ledger = tempfile::tempdir().expect("a ledger somewhere else");
+    let run_id = format!("evidence-index-{}", std::process::id());
+    let leaky = reapkit_cli().get_program().to_owned();
+    let leaky = std::path::Path::new(&leaky).with_file_name("leaky-owner");
+    let mut owner = Command::new(leaky)
+        .args(["--sleep", "3600"])
+        .env("REAPKIT_LEDGER_DIR", ledger.path())
+        .env("REAPKIT_RUN_ID", &run_id)
+        .env("REAPKIT_WATCHDOG_GRACE", "200ms")
+        .env("XDG_STATE_HOME", state.path())
+        .env("NEXTEST_TEST_NAME", "evidence::killed")
+        .env_remove("REAPKIT_SUPERVISOR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the leaky owner starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(owner.stdout.take().expect("piped")), &mut line)
+        .expect("ready");
+    owner.kill().expect("SIGKILL our own child");
+    owner.wait().expect("reaped");
+
+    // From another directory, with no --ledger-dir: the index says where the evidence is.
+    let out = reapkit_cli()
+        .args(["reap", "--no-docker", "--run-id", &run_id])
+        .current_dir("/")
+        .env("XDG_STATE_HOME", state.path())
+        .env_remove("REAPKIT_LEDGER_DIR")
+        .output()
+        .expect("reap");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the killed test's leak is found:\n{text}");
+    assert!(text.contains("evidence::killed"), "and named:\n{text}");
+    assert!(text.contains("read the ledgers: ") && text.contains(&ledger.path().display().to_string()), "{text}");
+}
+
+#[test]
+fn ps_rows_fit_a_hundred_columns_and_name_the_leftover() {
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let owner = dead_owner();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("3600")
+        .env("REAPKIT_RUN_ID", format!("evidence-ps-{}", std::process::id()))
+        .env("REAPKIT_OWNER", &owner)
+        .env("REAPKIT_TEST", "evidence::a_test_with_a_rather_long_name_that_must_be_cut_to_fit_the_table");
+    let mut leftover = Spawned::start(cmd);
+    let out =
+        reapkit_cli().args(["ps", "--all", "--no-docker", "--ledger-dir"]).arg(ledger.path()).output().expect("ps");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.contains(&leftover.id.pid.to_string())).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.starts_with("process") && row.contains("orphaned"), "{row}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "a row wider than 100 columns: {line:?}");
+    }
+    leftover.assert_survived("a leftover, after ps");
+}

@@ -30,7 +30,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         nextest_args: Vec<String>,
     },
-    /// Set up, then run the benchmarks (each prints its side-by-side table).
+    /// Set up, show reapkit at work (a leaky suite, a SIGKILLed test and its watchdog, the CI
+    /// step naming it), then run the benchmarks (each prints its side-by-side table).
     Bench,
     /// Find leftovers of test runs by proof of ownership, show the evidence, reap them.
     Reap(reapkit_cli::ReapArgs),
@@ -42,6 +43,7 @@ fn main() -> Result<ExitCode> {
         Task::Test { nextest_args } => test(&nextest_args),
         Task::Bench => {
             setup()?;
+            demo()?;
             run(cargo().args(["bench", "--package", "reapkit-tests"]))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -93,6 +95,68 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         Task::Reap(args) => reap(&args),
         _ => unreachable!("parsed `reap`"),
     }
+}
+
+/// reapkit at work, on the example user workspace and a test process that gets SIGKILLed.
+fn demo() -> Result<()> {
+    let root = workspace_root();
+    let target = root.join("target");
+    section(
+        "1/3 a user's suite with leaky tests, under nextest and `reapkit wrap` (four must fail, naming their leak)",
+    );
+    run(cargo().args(["build", "--package", "reapkit-cli", "--package", "reapkit-tests", "--bins"]))?;
+    let servers = std::fs::read_to_string(root.join(".deps/servers.env")).context("the set-up's servers.env")?;
+    let time_server = servers.lines().find_map(|l| l.strip_prefix("REAPKIT_TEST_PY_TIME=")).unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(target.join("debug"))
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let status = cargo()
+        .args(["nextest", "run", "--no-fail-fast", "--manifest-path", "examples/user-workspace/Cargo.toml"])
+        .env("CARGO_TARGET_DIR", target.join("user-workspace"))
+        .env("MCP_SERVER_TIME", time_server)
+        .env("PATH", &path)
+        .status()
+        .context("cargo nextest")?;
+    if status.success() {
+        bail!("the example's leaky tests passed: reapkit did not catch them");
+    }
+
+    section("2/3 a test process holding guards is SIGKILLed: its watchdog reaps the trees and keeps the evidence");
+    let ledger = target.join("demo-ledger");
+    let _ = std::fs::remove_dir_all(&ledger);
+    let run_id = format!("demo-{}", std::process::id());
+    let mut leaky = Command::new(target.join("debug/leaky-owner"))
+        .args(["--no-container"])
+        .env("REAPKIT_LEDGER_DIR", &ledger)
+        .env("REAPKIT_RUN_ID", &run_id)
+        .env("NEXTEST_TEST_NAME", "demo::a_test_killed_by_a_timeout")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("leaky-owner")?;
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(leaky.stdout.take().context("piped")?), &mut ready)?;
+    eprintln!("xtask: the test process holds guards: {}", ready.trim());
+    leaky.kill()?;
+    leaky.wait()?;
+    eprintln!("xtask: SIGKILLed it (no Drop runs); its watchdog takes over");
+
+    section("3/3 the CI step, `reapkit reap`, names the test that leaked and fails the build (exit 1)");
+    let reap = Command::new(target.join("debug/reapkit"))
+        .args(["reap", "--no-docker", "--run-id", &run_id, "--ledger-dir"])
+        .arg(&ledger)
+        .status()?;
+    eprintln!("xtask: reapkit reap exited {:?} (1: leaks found)", reap.code());
+    if reap.code() != Some(1) {
+        bail!("the CI step did not report the killed test's leaks");
+    }
+    section("the benchmarks");
+    Ok(())
+}
+
+fn section(title: &str) {
+    eprintln!("\n==== {title}\n");
 }
 
 fn setup() -> Result<()> {
