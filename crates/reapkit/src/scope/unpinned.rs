@@ -113,9 +113,13 @@ fn check() -> String {
     let mut children = Vec::new();
     for (s, tests) in seen {
         let (alive, what) = match &s {
-            Seen::Child(id, cmd) => (id.is_alive() && !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie()), {
-                format!("child pid {} `{cmd}`: killed with its descendants", id.pid)
-            }),
+            Seen::Child(id, seen_as) => {
+                // Read again now: when it was first seen it may have been still in exec.
+                let now = procfs::cmdline(id.pid);
+                let cmd = if now.is_empty() { seen_as.clone() } else { now };
+                let alive = id.is_alive() && !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie());
+                (alive, format!("child pid {} `{cmd}`: killed with its descendants", id.pid))
+            }
             Seen::Fd(fd, target, desc) => {
                 let still = open.iter().any(|o| o.fd == *fd && o.target == *target);
                 (still && !registry::holds_fd(*fd, target), format!("{desc}: still open"))
