@@ -294,6 +294,22 @@ fn a_panicking_body_still_tears_down_and_keeps_its_own_panic() {
     assert!(marked(&guard).is_empty(), "torn down although the body panicked");
 }
 
+/// Under `cargo test` a shared scope ending later sees every descriptor still open; one that a
+/// serialized test was already failed for is that test's, not the run's, or the binary would
+/// fail again at exit (the order in which it happens in a run is the scheduler's; here it is fixed).
+#[test]
+#[file_serial]
+fn a_descriptor_a_test_was_failed_for_is_not_counted_again_at_exit() {
+    let scope = TestScope::builder().serialized().enter();
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let pipe = format!("fd {} -> ", reader.as_raw_fd());
+    keep(reader);
+    keep(writer);
+    let report = scope.finish().expect_err("the pipe fails the serialized test");
+    assert!(report.to_string().contains(&pipe), "{report}");
+    reapkit::scope(|_| {});
+}
+
 #[reapkit::test(allow = ["fd:pipe", "fd:socket"], settle = "50ms", term_grace = "300ms")]
 #[file_serial]
 fn attribute_options_allow_named_leaks(scope: &TestScope) {

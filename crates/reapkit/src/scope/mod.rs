@@ -350,7 +350,9 @@ impl TestScope {
         }
         match &self.fds {
             Some(before) => {
-                report.leaks.extend(self.leaked_fds(before, &accepted));
+                let leaked = self.leaked_fds(before, &accepted);
+                unpinned::answered_for(leaked.iter().filter_map(ScopeLeak::descriptor));
+                report.leaks.extend(leaked);
                 checked.push(LeakKind::Fd);
                 report.notes.push(format!("FD table: {}", self.isolation.describe()));
             }

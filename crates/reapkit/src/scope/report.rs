@@ -76,6 +76,14 @@ enum Origin {
 }
 
 impl ScopeLeak {
+    /// The descriptor it is, if it is one: its number and target.
+    pub(super) fn descriptor(&self) -> Option<(i32, String)> {
+        match &self.origin {
+            Origin::Fd(fd, target) => Some((*fd, target.clone())),
+            _ => None,
+        }
+    }
+
     pub(super) fn fd(fd: &Fd) -> ScopeLeak {
         let kind = sweep::words(&fd.kind);
         ScopeLeak {

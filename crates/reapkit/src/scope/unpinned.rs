@@ -41,6 +41,18 @@ static BASELINE: OnceLock<Baseline> = OnceLock::new();
 static ARMED: OnceLock<()> = OnceLock::new();
 /// What was seen, with the tests running when it was first seen.
 static SEEN: Mutex<Vec<(Seen, Vec<String>)>> = Mutex::new(Vec::new());
+/// Descriptors a scope that was alone in the process already answered for (its test failed
+/// naming them, or allowed them): they are that test's, not the run's, even while they stay open.
+static ANSWERED: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+
+/// An exact scope reported (or accepted) these descriptors as its test's.
+pub(super) fn answered_for(fds: impl Iterator<Item = (i32, String)>) {
+    ANSWERED.lock().unwrap_or_else(|p| p.into_inner()).extend(fds);
+}
+
+fn answered(fd: i32, target: &str) -> bool {
+    ANSWERED.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(n, t)| *n == fd && t == target)
+}
 
 /// Takes the process's baseline: run before `main` (see [`crate::reexec`]).
 pub(crate) fn take_baseline() {
@@ -122,7 +134,7 @@ fn check() -> String {
             }
             Seen::Fd(fd, target, desc) => {
                 let still = open.iter().any(|o| o.fd == *fd && o.target == *target);
-                (still && !registry::holds_fd(*fd, target), format!("{desc}: still open"))
+                (still && !registry::holds_fd(*fd, target) && !answered(*fd, target), format!("{desc}: still open"))
             }
         };
         if !alive {
