@@ -178,13 +178,16 @@ fn a_supervisor_never_touches_another_jobs_processes_that_share_its_run_id() {
         .env("NEXTEST_TEST_NAME", sb.test_name());
     let mut a = Piped::start(job_a);
     let owner = a.ready[0].clone();
-    // Its long-lived processes: two fixture trees (one escaped) and the watchdog; the escape's
-    // intermediate (`--daemonize`) exits by design, so it is not one of them.
+    // Its long-lived processes: two fixture trees (one escaped) and the watchdog. The escape's
+    // intermediate (`--daemonize`) exits by design, so it is not one of them: it is told by its
+    // parent, the `--escape` fixture, not by its command line, which is its parent's until it
+    // has exec'd.
     let tree = wait_until("job A's guarded trees and watchdog are up", || {
-        let found: Vec<ProcId> = owned_by(&owner)
-            .into_iter()
-            .filter(|id| !reapkit::procfs::cmdline(id.pid).contains("--daemonize"))
-            .collect();
+        let found = owned_by(&owner);
+        let escaping: Vec<i32> =
+            found.iter().filter(|id| reapkit::procfs::cmdline(id.pid).contains("--escape")).map(|id| id.pid).collect();
+        let parent = |id: &ProcId| reapkit::procfs::Stat::read(id.pid).map(|s| s.ppid).unwrap_or_default();
+        let found: Vec<ProcId> = found.into_iter().filter(|id| !escaping.contains(&parent(id))).collect();
         (found.len() == 6).then_some(found)
     });
     let a_test: OwnerId = owner.parse().expect("an owner id");
