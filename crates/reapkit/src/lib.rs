@@ -26,6 +26,12 @@
 //! # Ok::<(), reapkit::Error>(())
 //! ```
 //!
+//! **rmcp and async tests** (feature `rmcp`): `rmcp::child` is rmcp's client transport over
+//! a guarded child — `().serve(reapkit::rmcp::child(cmd)?)` where rmcp has
+//! `TokioChildProcess::new(cmd)?` — and `rmcp::McpClient` the async [`McpServer`]
+//! (`ProcessGuard::builder(cmd).mcp().serve().await`). Neither blocks the runtime; both tear the
+//! whole tree down on close and on drop, in any runtime or none.
+//!
 //! **Containers** (feature `docker`): [`Container`] is labelled at create and removed with its
 //! volumes and networks on drop, in any async runtime or none.
 //!
@@ -95,11 +101,15 @@ pub mod ledger;
 #[cfg(feature = "mcp")]
 mod mcp;
 mod member;
+#[cfg(feature = "async")]
+mod offload;
 pub mod ownership;
 mod process;
 pub mod procfs;
 mod reexec;
 mod registry;
+#[cfg(feature = "rmcp")]
+pub mod rmcp;
 pub mod scope;
 mod stderr_ring;
 pub mod supervise;

@@ -75,6 +75,12 @@ impl McpBuilder {
         self
     }
 
+    /// The process, the startup and request timeouts and the client name, for the async start.
+    #[cfg(feature = "rmcp")]
+    pub(crate) fn into_parts(self) -> (ProcessBuilder, Duration, Duration, String) {
+        (self.process, self.startup_timeout, self.request_timeout, self.client_name)
+    }
+
     /// Spawns the server and performs the handshake: `initialize`, then
     /// `notifications/initialized`. On failure the server is torn down before the error is
     /// returned, and the error carries its exit status and the tail of its stderr.
@@ -198,6 +204,15 @@ impl McpServer {
     /// Tears the server down in the spec's order (close stdin first) and reports how it went.
     pub fn shutdown(self) -> Teardown {
         self.guard.shutdown()
+    }
+
+    /// [`shutdown`](Self::shutdown) as a future that never blocks the runtime (see
+    /// [`ProcessGuard::shutdown_async`]). For requests that do not block either, use
+    /// [`McpBuilder::serve`] (feature `rmcp`).
+    #[cfg(feature = "async")]
+    pub async fn shutdown_async(self) -> Teardown {
+        let McpServer { guard, .. } = self;
+        guard.shutdown_async().await
     }
 
     fn handshake(&mut self, client_name: &str, deadline: Instant) -> std::result::Result<Value, Failure> {

@@ -124,6 +124,12 @@ impl ProcessBuilder {
         self
     }
 
+    /// The program, as errors and reports name it.
+    #[cfg(feature = "rmcp")]
+    pub(crate) fn program(&self) -> String {
+        self.command.get_program().to_string_lossy().into_owned()
+    }
+
     /// Starts the child. Nothing is left behind on error: a child that started is torn down.
     pub fn spawn(mut self) -> Result<ProcessGuard> {
         crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
@@ -245,6 +251,7 @@ impl ProcessBuilder {
                 holder,
                 stdin,
                 stdout,
+                close_stdio: None,
                 stderr,
                 graces,
                 scan_proc: self.scan_proc,
@@ -475,6 +482,35 @@ impl ProcessGuard {
         self.teardown()
     }
 
+    /// [`shutdown`](Self::shutdown) as a future for async tests: the protocol runs on a thread
+    /// of its own, so the graces it waits never block the runtime (a current-thread runtime
+    /// keeps running its other tasks meanwhile). Works in any executor; if the future is
+    /// dropped early, the teardown still finishes.
+    #[cfg(feature = "async")]
+    pub async fn shutdown_async(self) -> Teardown {
+        crate::offload::offload(move || self.shutdown()).await.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Gives the child's pipes away (to an async transport); `close` closes them where they
+    /// went, as step 1 of the teardown.
+    #[cfg(feature = "rmcp")]
+    pub(crate) fn hand_over_stdio(
+        &mut self,
+        open: impl FnOnce(ChildStdin, ChildStdout) -> Result<Box<dyn FnOnce() + Send>>,
+    ) -> Result<()> {
+        let (Some(stdin), Some(stdout)) = (self.tree.stdin.take(), self.tree.stdout.take()) else {
+            unreachable!("an MCP guard's stdin and stdout are both piped")
+        };
+        self.tree.close_stdio = Some(crate::teardown::CloseStdio(open(stdin, stdout)?));
+        Ok(())
+    }
+
+    /// The report of the teardown, once it ran.
+    #[cfg(feature = "rmcp")]
+    pub(crate) fn report(&self) -> Option<&Teardown> {
+        self.report.as_ref()
+    }
+
     /// Runs the teardown protocol once; later calls return the first report.
     pub(crate) fn teardown(&mut self) -> Teardown {
         if let Some(report) = &self.report {
@@ -514,6 +550,13 @@ pub fn shutdown_all(guards: impl IntoIterator<Item = ProcessGuard>) -> Vec<Teard
 
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
+        self.end_in_drop();
+    }
+}
+
+impl ProcessGuard {
+    /// The teardown of `Drop`: once, never panicking, a warning if it was not clean.
+    pub(crate) fn end_in_drop(&mut self) {
         if self.report.is_some() {
             return;
         }

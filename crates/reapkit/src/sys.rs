@@ -77,6 +77,7 @@ pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>], deadline: Instant) -> Ve
 /// Waits until `read` is readable or `write` (if any) is writable, or `deadline` passes.
 /// Returns (readable, writable); a hang-up or error counts as ready, so the caller's read or
 /// write sees it. Both `false` means the deadline passed.
+#[cfg(feature = "mcp")]
 pub(crate) fn wait_pipes(read: BorrowedFd<'_>, write: Option<BorrowedFd<'_>>, deadline: Instant) -> (bool, bool) {
     let mut fds = vec![(read, libc::POLLIN)];
     fds.extend(write.map(|w| (w, libc::POLLOUT)));

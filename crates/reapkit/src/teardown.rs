@@ -162,6 +162,8 @@ pub(crate) struct Tree {
     pub(crate) holder: Holder,
     pub(crate) stdin: Option<ChildStdin>,
     pub(crate) stdout: Option<ChildStdout>,
+    /// Closes the pipes where they went instead (an async transport holds them).
+    pub(crate) close_stdio: Option<CloseStdio>,
     pub(crate) stderr: Option<StderrRing>,
     pub(crate) graces: Graces,
     /// Marker-only: whether to scan `/proc` for escapees carrying the marker.
@@ -191,6 +193,15 @@ impl Tree {
             held.extend(target.ok().map(|t| crate::registry::HeldFd { fd, target: Some(t) }));
         }
         held
+    }
+}
+
+/// Step 1 for pipes the guard gave away: it runs where the guard would drop its own.
+pub(crate) struct CloseStdio(pub(crate) Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for CloseStdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloseStdio")
     }
 }
 
@@ -239,6 +250,9 @@ pub(crate) fn run_all(trees: &mut [&mut Tree]) -> Vec<Teardown> {
         }
         drop(tree.stdin.take());
         drop(tree.stdout.take());
+        if let Some(close) = tree.close_stdio.take() {
+            (close.0)();
+        }
     }
     let eof = trees.iter().map(|t| t.graces.eof).max().unwrap_or_default();
     let leaders: Vec<BorrowedFd<'_>> = trees.iter().map(|t| t.leader.pidfd.as_fd()).collect();

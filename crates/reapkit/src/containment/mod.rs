@@ -3,11 +3,11 @@
 //!
 //! Strongest first, each used where the machine allows it, and reported (`Teardown`,
 //! `ProcessInfo`, `reapkit ps`) so a user knows which guarantee they have:
-//! 1. [`Containment::Cgroup`]: a cgroup v2 per guard ([`cgroup`]) — where one is writable (root,
+//! 1. [`Containment::Cgroup`]: a cgroup v2 per guard (`cgroup.rs`) — where one is writable (root,
 //!    or a delegated subtree). Membership is kept by the kernel; `cgroup.kill` ends the tree at
 //!    once; `cgroup.events` says when it is empty.
 //! 2. [`Containment::Keeper`]: a subreaper above the tree, outside the test process
-//!    ([`keeper`]) — everywhere else. Every orphan of the tree is re-parented to it; it outlives
+//!    (`keeper.rs`) — everywhere else. Every orphan of the tree is re-parented to it; it outlives
 //!    the owner and then ends the tree.
 //! 3. [`Containment::Marker`]: the process group, the test process as subreaper, and the
 //!    `REAPKIT_GUARD` marker (a `/proc` scan): the last resort, forced with

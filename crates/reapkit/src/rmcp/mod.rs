@@ -1,0 +1,23 @@
+//! rmcp, the Rust MCP SDK, over reapkit's guards (feature `rmcp`).
+//!
+//! Two ways in, one teardown:
+//! - [`child`]: rmcp's own client API over a guarded child — the one-line replacement for
+//!   `TokioChildProcess::new(cmd)` in `().serve(..)`.
+//! - [`McpClient`]: the async counterpart of [`McpServer`](crate::McpServer), started from the
+//!   same builder (`ProcessGuard::builder(cmd).mcp().serve().await`) with its timeouts and errors.
+//!
+//! Either way the child is a [`ProcessGuard`](crate::ProcessGuard): closing (rmcp's `close()`,
+//! `cancel()`, [`McpClient::shutdown`]) runs reapkit's protocol on the whole tree with reapkit's
+//! graces on a thread of its own; dropping runs it synchronously, in any runtime or none. It
+//! registers with the test scope and the watchdog and is held by the guard's containment.
+//!
+//! Which client? The sync [`McpServer`](crate::McpServer) needs no async runtime and no rmcp:
+//! the lighter choice for plain `#[test]`s. Under `#[tokio::test]`, or when the test should
+//! speak rmcp's types, take this module: its requests never block the runtime.
+
+mod client;
+mod pipe;
+mod transport;
+
+pub use client::McpClient;
+pub use transport::{child, ChildCommand, ChildHandle, ChildTransport};
