@@ -126,6 +126,30 @@ impl Decoy {
 
 static DECOYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// A `sleep` argument no other process has: `1301.<our pid><n>`; the fixture's escapees
+/// (`--escape-clean-env TOKEN`, ...) are named by it.
+pub fn token() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("1301.{}{:04}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Processes whose command line holds `token` (zombies have none: they are found before).
+pub fn by_token(token: &str) -> Vec<ProcId> {
+    procfs::pids().filter(|&pid| procfs::cmdline(pid).split(' ').any(|a| a == token)).filter_map(ProcId::of).collect()
+}
+
+/// Ends the processes named by `token`, by pid (ours: started by a test's fixture), where a
+/// survivor is the expected answer; again until none is left (a shell among them may have
+/// forked one more just before it was killed).
+pub fn end_by_token(token: &str) {
+    wait_until(&format!("the processes of token {token} are ended"), || {
+        for id in by_token(token) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
+        }
+        by_token(token).is_empty().then_some(())
+    });
+}
+
 /// Whether `pid` exists as a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
     procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())
@@ -147,32 +171,34 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 impl Drop for Decoy {
     fn drop(&mut self) {
-        // Ours, started above and found by our own marker: the only kills this suite does by
-        // hand, by pid. Again while some are found (a decoy may still be forking), each waited
-        // for; orphans of the decoy were re-parented to us (the subreaper): reap them.
-        let leader = self.child.id() as i32;
-        for _ in 0..5 {
-            let found: Vec<ProcId> = MarkerScan::new().find(&self.marker);
-            if found.is_empty() {
-                break;
-            }
-            for id in &found {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
-            }
-            for id in found.iter().filter(|id| id.pid != leader) {
-                // Bounded, and never a panic: this runs in Drop, maybe while unwinding.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while id.is_alive() && !is_zombie(id.pid) && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                let _ = nix::sys::wait::waitpid(
-                    nix::unistd::Pid::from_raw(id.pid),
-                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                );
-            }
-        }
+        end_marked(&self.marker, self.child.id() as i32);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Ends the processes carrying `marker` (a `KEY=value` of the suite's own, on processes this
+/// test started), by pid: the only kills this suite does by hand. Again while some are found (a
+/// tree may still be forking), each waited for; orphans re-parented to us (the subreaper) are
+/// reaped. `leader`, our own child, is left for its `Child` to wait for.
+pub fn end_marked(marker: &str, leader: i32) {
+    for _ in 0..5 {
+        let found: Vec<ProcId> = MarkerScan::new().find(marker);
+        if found.is_empty() {
+            break;
+        }
+        for id in &found {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
+        }
+        for id in found.iter().filter(|id| id.pid != leader) {
+            // Bounded, and never a panic: this runs in Drop, maybe while unwinding.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while id.is_alive() && !is_zombie(id.pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let _ =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
     }
 }
 

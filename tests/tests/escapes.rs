@@ -1,6 +1,7 @@
 //! The escape matrix: every way out of a guarded tree that a marker-based reaper cannot
 //! follow, × every containment this machine has (cgroup, keeper, and marker-only as the last
-//! resort), × how the test ends (a normal drop, a panic, the owner test process SIGKILLed).
+//! resort), × how the test ends (a normal drop, a panic, the owner test process SIGKILLed);
+//! the worst of them also with rmcp's client holding the guard (`reapkit::rmcp::child`).
 //!
 //! Checked from outside in every cell: nothing of the tree alive afterwards, not even a zombie
 //! (every process of it is known by pid and start time before teardown: by a unique `sleep`
@@ -12,12 +13,13 @@
 use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reapkit::procfs::{self, ProcId};
 use reapkit::{Containment, ProcessGuard, Teardown};
-use reapkit_tests::{fixture, fixture_path, is_zombie, leak_checked, marked, wait_until};
+use reapkit_tests::{
+    by_token, end_by_token, fixture, fixture_path, is_zombie, leak_checked, marked, token, wait_until,
+};
 use serial_test::serial;
 
 const MODES: [Containment; 3] = [Containment::Cgroup, Containment::Keeper, Containment::Marker];
@@ -76,23 +78,23 @@ impl Escape {
     }
 }
 
+/// What holds the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// The test itself: a `ProcessGuard`.
+    Guard,
+    /// rmcp's running service, over `reapkit::rmcp::child`.
+    Rmcp,
+}
+
 /// How the test that holds the guard ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
+    /// It ends the tree itself: `shutdown()`, or rmcp's `cancel().await`.
     Drop,
+    /// It panics while holding it (rmcp's service is dropped with its runtime, unclosed).
     Panic,
     OwnerKilled,
-}
-
-/// A `sleep` argument no other process has: `1301.<our pid><n>`.
-fn token() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("1301.{}{:04}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Processes whose command line holds `token` (zombies have none: they are found before).
-fn by_token(token: &str) -> Vec<ProcId> {
-    procfs::pids().filter(|&pid| procfs::cmdline(pid).split(' ').any(|a| a == token)).filter_map(ProcId::of).collect()
 }
 
 /// Everything of the tree, once it is complete: the guard's marked processes, the leader's
@@ -112,14 +114,6 @@ fn whole_tree(guard: &str, leader: ProcId, token: &str, escape: Escape) -> Vec<P
     })
 }
 
-/// Ends what a cell left, by pid (ours: started by this test's fixture), for the cells where
-/// a survivor is the expected answer.
-fn end_by_token(token: &str) {
-    for id in by_token(token) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
-    }
-}
-
 /// Gone: no `/proc` entry with that pid and start time, zombie or not.
 fn gone(ids: &[ProcId]) -> Vec<ProcId> {
     ids.iter().filter(|id| id.is_alive()).copied().collect()
@@ -127,7 +121,7 @@ fn gone(ids: &[ProcId]) -> Vec<ProcId> {
 
 /// One cell in this process: spawn, wait for the whole tree, end the test as `ending` says
 /// (drop or panic), check the report. Returns the tree, which `leak_checked` proves gone.
-fn in_process(escape: Escape, mode: Containment, ending: Ending) {
+fn in_process(client: Client, escape: Escape, mode: Containment, ending: Ending) {
     let token = token();
     let flags = escape.flags(&token);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -141,8 +135,11 @@ fn in_process(escape: Escape, mode: Containment, ending: Ending) {
         // Start times are clock ticks (10 ms): the decoy's escapees must be older than the guard,
         // or marker-only containment rightly suspects them.
         std::thread::sleep(Duration::from_millis(20));
-        let guard =
-            ProcessGuard::builder(cmd).containment(mode).eof_grace(TERM).term_grace(TERM).spawn().expect("starts");
+        let builder = ProcessGuard::builder(cmd).containment(mode).eof_grace(TERM).term_grace(TERM);
+        if client == Client::Rmcp {
+            return rmcp_cell(builder, &token, escape, mode, ending, survivors_expected);
+        }
+        let guard = builder.spawn().expect("starts");
         assert_eq!(guard.containment(), mode);
         let tree = whole_tree(guard.id(), guard.proc_id(), &token, escape);
         let report: Teardown = match ending {
@@ -164,7 +161,45 @@ fn in_process(escape: Escape, mode: Containment, ending: Ending) {
         finish_cell(&tree, &token, survivors_expected, Some(&report))
     });
     end_by_token(&decoy_token);
-    wait_until("the decoy's escapees are ended", || by_token(&decoy_token).is_empty().then_some(()));
+}
+
+/// A cell whose guard rmcp's client holds: its handshake, then `cancel().await` (reapkit's
+/// teardown through the transport's `close()`), or a panic that drops the service unclosed with
+/// its runtime, as a failing `#[tokio::test]` does.
+fn rmcp_cell(
+    builder: reapkit::ProcessBuilder,
+    token: &str,
+    escape: Escape,
+    mode: Containment,
+    ending: Ending,
+    survivors_expected: bool,
+) -> Vec<ProcId> {
+    use rmcp::ServiceExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let mut tree = Vec::new();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let transport = reapkit::rmcp::child(builder).expect("starts");
+            let child = transport.handle();
+            assert_eq!(child.containment(), mode);
+            let service = ().serve(transport).await.expect("rmcp's handshake");
+            let leader = ProcId::of(child.pid()).expect("the server runs");
+            tree = whole_tree(child.id(), leader, token, escape);
+            if ending == Ending::Panic {
+                panic!("the test fails while rmcp's service holds the server");
+            }
+            service.cancel().await.expect("rmcp's service stops");
+            child.teardown().expect("cancel() closed the transport: reapkit's teardown ran")
+        })
+    }));
+    drop(runtime); // a panicking #[tokio::test] drops its runtime, and the service with it
+    match outcome {
+        Ok(report) => {
+            assert_eq!(report.containment, mode, "{report}");
+            finish_cell(&tree, token, survivors_expected, Some(&report))
+        }
+        Err(_) => finish_cell(&tree, token, survivors_expected, None),
+    }
 }
 
 /// Checks a cell's outcome; returns the tree for `leak_checked` (minus the expected survivor,
@@ -176,7 +211,6 @@ fn finish_cell(tree: &[ProcId], token: &str, survivors_expected: bool, report: O
             assert!(report.problems.iter().any(|p| p.contains("marker-only")), "{report}");
         }
         end_by_token(token);
-        wait_until("the expected survivor is ended", || by_token(token).is_empty().then_some(()));
         return Vec::new();
     }
     if let Some(report) = report {
@@ -187,7 +221,7 @@ fn finish_cell(tree: &[ProcId], token: &str, survivors_expected: bool, report: O
 
 /// One cell with the owner SIGKILLed: a leaky test process holds the guard; its watchdog (or
 /// the guard's keeper) must end the tree.
-fn owner_killed(escape: Escape, mode: Containment) {
+fn owner_killed(client: Client, escape: Escape, mode: Containment) {
     reapkit::ownership::become_subreaper(); // the orphans' zombies come here, to be reaped
     let token = token();
     let ledger = tempfile::tempdir().expect("a ledger");
@@ -196,6 +230,7 @@ fn owner_killed(escape: Escape, mode: Containment) {
     cmd.arg("--fixture")
         .arg(escape.flags(&token).join(" "))
         .args(["--containment", &mode.to_string()])
+        .args((client == Client::Rmcp).then_some("--rmcp"))
         .env("REAPKIT_LEDGER_DIR", ledger.path())
         .env("REAPKIT_WATCHDOG_GRACE", "300ms")
         .env_remove("REAPKIT_SUPERVISOR")
@@ -264,11 +299,16 @@ fn gone_or_zombie(ids: &[ProcId]) -> bool {
 }
 
 /// Runs the cell for every containment mode.
-fn cell(escape: Escape, ending: Ending) {
+fn cell(client: Client, escape: Escape, ending: Ending) {
+    if client == Client::Rmcp {
+        // Tokio's signal driver opens a socket pair once per process, for good: let it be
+        // part of the FD baselines.
+        drop(tokio::runtime::Builder::new_current_thread().enable_all().build());
+    }
     for mode in MODES {
         match ending {
-            Ending::OwnerKilled => owner_killed(escape, mode),
-            _ => in_process(escape, mode, ending),
+            Ending::OwnerKilled => owner_killed(client, escape, mode),
+            _ => in_process(client, escape, mode, ending),
         }
         let left: Vec<String> = by_token_all()
             .iter()
@@ -277,7 +317,10 @@ fn cell(escape: Escape, ending: Ending) {
                 format!("pid {} ppid {:?} `{}`", id.pid, stat.map(|s| s.ppid), procfs::cmdline(id.pid))
             })
             .collect();
-        assert!(left.is_empty(), "nothing of the matrix is left after {escape:?} × {mode} × {ending:?}: {left:?}");
+        assert!(
+            left.is_empty(),
+            "nothing of the matrix is left after {client:?} × {escape:?} × {mode} × {ending:?}: {left:?}"
+        );
     }
 }
 
@@ -291,36 +334,44 @@ fn by_token_all() -> Vec<ProcId> {
 }
 
 macro_rules! matrix {
-    ($($name:ident: $escape:ident, $ending:ident;)*) => {
+    ($($name:ident: $client:ident, $escape:ident, $ending:ident;)*) => {
         $(
             #[test]
             #[serial]
             fn $name() {
-                cell(Escape::$escape, Ending::$ending);
+                cell(Client::$client, Escape::$escape, Ending::$ending);
             }
         )*
     };
 }
 
 matrix! {
-    clean_env_setsid_drop: CleanEnvSetsid, Drop;
-    clean_env_setsid_panic: CleanEnvSetsid, Panic;
-    clean_env_setsid_owner_killed: CleanEnvSetsid, OwnerKilled;
-    clean_env_in_group_drop: CleanEnvInGroup, Drop;
-    clean_env_in_group_panic: CleanEnvInGroup, Panic;
-    clean_env_in_group_owner_killed: CleanEnvInGroup, OwnerKilled;
-    leader_leaves_group_drop: LeaderLeavesGroup, Drop;
-    leader_leaves_group_panic: LeaderLeavesGroup, Panic;
-    leader_leaves_group_owner_killed: LeaderLeavesGroup, OwnerKilled;
-    drops_uid_drop: DropsUid, Drop;
-    drops_uid_panic: DropsUid, Panic;
-    drops_uid_owner_killed: DropsUid, OwnerKilled;
-    fork_storm_drop: ForkStorm, Drop;
-    fork_storm_panic: ForkStorm, Panic;
-    fork_storm_owner_killed: ForkStorm, OwnerKilled;
-    ignores_term_drop: IgnoresTerm, Drop;
-    ignores_term_panic: IgnoresTerm, Panic;
-    ignores_term_owner_killed: IgnoresTerm, OwnerKilled;
+    clean_env_setsid_drop: Guard, CleanEnvSetsid, Drop;
+    clean_env_setsid_panic: Guard, CleanEnvSetsid, Panic;
+    clean_env_setsid_owner_killed: Guard, CleanEnvSetsid, OwnerKilled;
+    clean_env_in_group_drop: Guard, CleanEnvInGroup, Drop;
+    clean_env_in_group_panic: Guard, CleanEnvInGroup, Panic;
+    clean_env_in_group_owner_killed: Guard, CleanEnvInGroup, OwnerKilled;
+    leader_leaves_group_drop: Guard, LeaderLeavesGroup, Drop;
+    leader_leaves_group_panic: Guard, LeaderLeavesGroup, Panic;
+    leader_leaves_group_owner_killed: Guard, LeaderLeavesGroup, OwnerKilled;
+    drops_uid_drop: Guard, DropsUid, Drop;
+    drops_uid_panic: Guard, DropsUid, Panic;
+    drops_uid_owner_killed: Guard, DropsUid, OwnerKilled;
+    fork_storm_drop: Guard, ForkStorm, Drop;
+    fork_storm_panic: Guard, ForkStorm, Panic;
+    fork_storm_owner_killed: Guard, ForkStorm, OwnerKilled;
+    ignores_term_drop: Guard, IgnoresTerm, Drop;
+    ignores_term_panic: Guard, IgnoresTerm, Panic;
+    ignores_term_owner_killed: Guard, IgnoresTerm, OwnerKilled;
+    // The same escapes with rmcp's client holding the guard: ignores EOF and SIGTERM, children,
+    // a double fork (with and without its environment), the owner SIGKILLed.
+    rmcp_ignores_term_cancel: Rmcp, IgnoresTerm, Drop;
+    rmcp_ignores_term_panic: Rmcp, IgnoresTerm, Panic;
+    rmcp_ignores_term_owner_killed: Rmcp, IgnoresTerm, OwnerKilled;
+    rmcp_clean_env_setsid_cancel: Rmcp, CleanEnvSetsid, Drop;
+    rmcp_clean_env_setsid_panic: Rmcp, CleanEnvSetsid, Panic;
+    rmcp_clean_env_setsid_owner_killed: Rmcp, CleanEnvSetsid, OwnerKilled;
 }
 
 #[test]

@@ -54,6 +54,10 @@
 //! * `--drop-uid TOKEN`: start `sleep TOKEN` as user `nobody` (through `setpriv`).
 //! * `--fork-storm TOKEN`: start a child that forks `sleep TOKEN` every 5 ms, forever (at
 //!   most 2000), like a server respawning workers while it is torn down.
+//! * `--rendezvous DIR N`: before answering `initialize`, create `DIR/<pid>` and wait until
+//!   `DIR` holds N entries (at most 60 s, then exit 5): N servers answer only if a client
+//!   handshakes with all of them at once, so a client that starts servers one after the other
+//!   times out on the first.
 //! * `--sleep-forever` (internal): block forever without reading stdin. The
 //!   children of `--children`, `--escape` and `spawn_child` run this mode.
 //! * `--daemonize` (internal): call `setsid()`, start a `--sleep-forever`
@@ -76,8 +80,8 @@ use serde_json::{json, Value};
 const USAGE: &str = "usage: fixture-server [--ignore-eof] [--ignore-sigterm] [--children N] \
 [--escape] [--crash-at-start] [--stderr-mb N] [--delay-ms N] [--leak-fds K] [--garbage] \
 [--exit-after-init] [--flood-pings] [--flood-pings-after-init] [--escape-clean-env TOKEN] \
-[--escape-clean-env-group TOKEN] [--leave-group] [--drop-uid TOKEN] [--fork-storm TOKEN] [--sleep-forever] \
-[--daemonize]";
+[--escape-clean-env-group TOKEN] [--leave-group] [--drop-uid TOKEN] [--fork-storm TOKEN] [--rendezvous DIR N] \
+[--sleep-forever] [--daemonize]";
 
 /// The command-line flags; see the module documentation.
 #[derive(Default)]
@@ -99,6 +103,7 @@ struct Config {
     leave_group: bool,
     drop_uid: Option<String>,
     fork_storm: Option<String>,
+    rendezvous: Option<(PathBuf, usize)>,
     forker: Option<String>,
     sleep_forever: bool,
     daemonize: bool,
@@ -128,6 +133,10 @@ impl Config {
                 "--leave-group" => cfg.leave_group = true,
                 "--drop-uid" => cfg.drop_uid = Some(token(&flag, args.next())),
                 "--fork-storm" => cfg.fork_storm = Some(token(&flag, args.next())),
+                "--rendezvous" => {
+                    let dir = args.next().map(PathBuf::from).unwrap_or_else(|| usage_error("--rendezvous needs DIR N"));
+                    cfg.rendezvous = Some((dir, number(&flag, args.next())));
+                }
                 "--forker" => cfg.forker = Some(token(&flag, args.next())),
                 "--sleep-forever" => cfg.sleep_forever = true,
                 "--daemonize" => cfg.daemonize = true,
@@ -160,6 +169,23 @@ fn token(flag: &str, value: Option<String>) -> String {
 fn usage_error(msg: &str) -> ! {
     eprintln!("fixture-server: {msg}\n{USAGE}");
     process::exit(2)
+}
+
+/// Joins the rendezvous in `dir` and waits for `n` members. A test fixture polling a
+/// directory it shares with its peers: there is no event to wait on.
+fn rendezvous(dir: &Path, n: usize) {
+    if let Err(e) = File::create(dir.join(process::id().to_string())) {
+        eprintln!("fixture-server: cannot join the rendezvous in {}: {e}", dir.display());
+        process::exit(5);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(dir).map(Iterator::count).unwrap_or(0) < n {
+        if std::time::Instant::now() > deadline {
+            eprintln!("fixture-server: fewer than {n} servers came to the rendezvous in 60 s");
+            process::exit(5);
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Blocks until killed. `pause()` returns after a handled signal, so loop.
@@ -290,6 +316,9 @@ impl Server {
         }
         self.leak_fds();
 
+        if let Some((dir, n)) = self.cfg.rendezvous.as_ref().filter(|_| method == "initialize") {
+            rendezvous(dir, *n);
+        }
         if method == "initialize" && self.cfg.garbage {
             write_line(b"this is not json-rpc\n");
         } else {

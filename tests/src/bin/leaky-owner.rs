@@ -11,6 +11,8 @@
 //! - `--fixture "FLAGS"`: instead of the fixtures, one guard of the fixture with these flags
 //!   (space-separated; no container).
 //! - `--containment MODE`: the guards' containment (`cgroup`, `keeper`, `marker`).
+//! - `--rmcp`: with `--fixture`, the guard is rmcp's client over `reapkit::rmcp::child`,
+//!   handshaken and held by rmcp's service on a multi-thread runtime.
 //! - `--forget`: forget the guards and exit 0 at once (a test that leaks and passes).
 //! - `--forget-on-eof`: wait for stdin to close, then forget the guards and exit (an owner that
 //!   dies without dropping them, at a moment the caller chooses).
@@ -52,6 +54,9 @@ fn main() {
             Some(mode) => builder.containment(mode),
             None => builder,
         };
+        if flag("--rmcp") {
+            return held_by_rmcp(builder);
+        }
         match builder.spawn() {
             Ok(guard) => guards.push(guard),
             // What a user's test would print: the error's Display, and its Debug (libtest's).
@@ -88,4 +93,25 @@ fn main() {
         return;
     }
     drop((guards, container));
+}
+
+/// The `--rmcp` owner: the server is held by rmcp's running service until stdin closes (or the
+/// owner is killed first).
+fn held_by_rmcp(builder: reapkit::ProcessBuilder) {
+    use rmcp::ServiceExt;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let service = runtime.block_on(async {
+        let transport = reapkit::rmcp::child(builder).unwrap_or_else(|e| {
+            println!("error: {e}\ndebug: {e:?}");
+            std::process::exit(3);
+        });
+        let child = transport.handle();
+        let service = ().serve(transport).await.expect("rmcp's handshake with the fixture");
+        let owner = reapkit::ownership::Owner::current().marker();
+        println!("ready {owner} - {} {}", child.pid(), child.containment());
+        service
+    });
+    let _ = std::io::stdin().lock().read_line(&mut String::new());
+    drop(service);
+    drop(runtime);
 }
