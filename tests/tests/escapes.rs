@@ -249,11 +249,17 @@ fn owner_killed(client: Client, escape: Escape, mode: Containment) {
     if mode == Containment::Marker && escape.invisible_to_markers(Ending::OwnerKilled) {
         // The watchdog ends what it can see; the escapee it cannot is the known limit.
         let visible: Vec<ProcId> = tree.iter().filter(|id| !by_token(&token).contains(id)).copied().collect();
-        wait_until("the watchdog ended what it can see", || gone_or_zombie(&visible).then_some(()));
+        wait_gone("the watchdog ended what it can see", &visible, &String::new);
         end_by_token(&token);
     } else {
-        wait_until(&format!("{escape:?} under {mode}: the tree is gone after its owner's SIGKILL"), || {
-            gone_or_zombie(&tree).then_some(())
+        wait_gone(&format!("{escape:?} under {mode}: the tree is gone after its owner's SIGKILL"), &tree, &|| {
+            let records: Vec<String> = std::fs::read_dir(ledger.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect();
+            format!("ledger records: {records:?}")
         });
     }
     for id in &tree {
@@ -294,8 +300,34 @@ fn guard_of(leader: ProcId) -> String {
     })
 }
 
-fn gone_or_zombie(ids: &[ProcId]) -> bool {
-    ids.iter().all(|id| !id.is_alive() || is_zombie(id.pid))
+/// Waits until every process of `ids` is gone or a zombie; on timeout, names the survivors
+/// (command line, parent, uid, state) and what `context` says, which is what a failure here needs.
+fn wait_gone(what: &str, ids: &[ProcId], context: &dyn Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<&ProcId> = ids.iter().filter(|id| id.is_alive() && !is_zombie(id.pid)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let named: Vec<String> = alive
+                .iter()
+                .map(|id| {
+                    let stat = procfs::Stat::read(id.pid).ok();
+                    format!(
+                        "pid {} `{}` (parent {:?}, uid {:?}, state {:?})",
+                        id.pid,
+                        procfs::cmdline(id.pid),
+                        stat.map(|s| s.ppid),
+                        procfs::owner_uid(id.pid).ok(),
+                        stat.map(|s| s.state as char)
+                    )
+                })
+                .collect();
+            panic!("not reached in 10 s: {what}; alive: {}; {}", named.join("; "), context());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Runs the cell for every containment mode.
@@ -427,4 +459,37 @@ fn an_unprivileged_users_guard_gets_a_keeper_that_ends_the_tree_when_its_owner_d
     drop(owner.stdin.take()); // the owner dies holding its guard
     owner.wait().expect("it ends");
     wait_until("the keeper ended the tree, escapee included", || (!escapee.is_alive()).then_some(()));
+}
+
+/// A sweep that meets a keeper by its marker alone (its record not in the ledger it reads, as
+/// for a sweep of another directory racing the keeper's own end) takes the keeper's whole tree,
+/// the descendant of another uid too: the keeper is the proof. A decoy with the same command
+/// line, not below a keeper, survives.
+#[test]
+#[serial]
+fn a_sweep_that_finds_a_keeper_by_its_marker_ends_its_tree_of_any_uid() {
+    use reapkit::sweep::{DockerCheck, FoundBy, Scope, Sweep};
+    let (token, decoy_token) = (token(), token());
+    let mut decoy = reapkit_tests::Decoy::start(fixture(&["--drop-uid", &decoy_token]));
+    let guard = ProcessGuard::builder(fixture(&["--drop-uid", &token]))
+        .containment(Containment::Keeper)
+        .spawn()
+        .expect("a guard below a keeper");
+    let sleeper = wait_until("the guarded tree's sleep runs as nobody", || {
+        by_token(&token).into_iter().find(|id| procfs::owner_uid(id.pid).ok() == Some(reapkit_tests::sweep_sandbox::NOBODY))
+    });
+    let elsewhere = tempfile::tempdir().expect("a ledger without the guard's record");
+    let owner = reapkit::OwnerId::of_self().expect("our own id");
+
+    let findings = Sweep::new(Scope::Owner(owner)).ledger_dir(elsewhere.path()).docker(DockerCheck::Off).find();
+
+    let found = findings.leaks().iter().find(|l| l.pid == Some(sleeper.pid));
+    assert!(found.is_some_and(|l| l.found_by == FoundBy::Keeper), "the nobody sleep, by its keeper: {findings:?}");
+    let report = findings.reap();
+    assert!(report.leaks.iter().all(|l| l.action != reapkit::sweep::Action::Failed), "{report:?}");
+    wait_gone("the keeper's tree after the sweep", &[sleeper], &String::new);
+    decoy.assert_untouched();
+    end_by_token(&decoy_token);
+    drop(decoy);
+    drop(guard.shutdown());
 }

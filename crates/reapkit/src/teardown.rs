@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::containment::cgroup::GuardCgroup;
-use crate::containment::Containment;
+use crate::containment::{keeper, Containment};
 use crate::ledger;
 use crate::member::Member;
 use crate::ownership::ENV_GUARD;
@@ -307,7 +307,7 @@ fn signal_wave(trees: &[&mut Tree], runs: &mut [Run], sig: Signal, deadline: Ins
 fn tree_is_empty(tree: &Tree) -> bool {
     match &tree.holder {
         Holder::Cgroup(cg) => cg.is_empty(),
-        Holder::Keeper(keeper) => live_descendants(keeper.id.pid).is_empty(),
+        Holder::Keeper(keeper) => keeper::tree_is_empty(keeper.id.pid),
         Holder::Marker { .. } => discover_marker_tree(tree).iter().all(Member::has_exited),
     }
 }

@@ -257,14 +257,14 @@ fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &OwnedFd) {
         let deadline = Instant::now() + wait;
         loop {
             reap_orphans(me, server);
+            if tree_is_empty(me) {
+                return;
+            }
             let live: Vec<Member> = procfs::descendants(me)
                 .into_iter()
                 .filter(|d| !procfs::Stat::read(d.pid).is_ok_and(|s| s.is_zombie()))
                 .filter_map(Member::open)
                 .collect();
-            if live.is_empty() {
-                return;
-            }
             for m in &live {
                 let _ = sys::pidfd_signal(m.pidfd.as_fd(), sig);
             }
@@ -276,6 +276,17 @@ fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &OwnedFd) {
             drain(sigchld);
         }
     }
+}
+
+/// Whether nothing below `keeper` lives: every direct child of it is a zombie.
+///
+/// One read of its children, never a walk of the tree: a walk races with a member's exit (its
+/// children are moved to the keeper between the read of the keeper's list and the read of the
+/// member's, and are in neither). The children's list cannot miss them: a process that exits
+/// hands its children to the keeper before it becomes a zombie, so a live member always has a
+/// live ancestor among the keeper's children, or is one.
+pub(crate) fn tree_is_empty(keeper: i32) -> bool {
+    procfs::children(keeper).into_iter().all(|c| procfs::Stat::read(c).map_or(true, |s| s.is_zombie()))
 }
 
 /// What the keeper carries besides [`ENV_KEEPER`]: the run and test, for attribution, and its

@@ -561,6 +561,11 @@ impl Findings {
             let supervised_run = matches!(self.judge.scope, Scope::Run { .. });
             if matches!(self.judge.verdict(&claim), Verdict::Take(_)) && !supervised_run {
                 self.watchdogs.push(id);
+                if markers.keeper {
+                    // Its tree, by the kernel's reparenting rule, even without its ledger record.
+                    let tree = Markers { owner: markers.watchdog_of.clone(), watchdog_of: None, keeper: false, ..markers };
+                    self.push_descendants_found_by(id, &tree, FoundBy::Keeper, true);
+                }
             }
             return;
         }

@@ -20,6 +20,8 @@ pub(crate) struct Markers {
     pub(crate) test: Option<String>,
     /// Set only on reapkit's guardians — watchdogs and keepers: whom they watch.
     pub(crate) watchdog_of: Option<OwnerId>,
+    /// A keeper: its descendants are its guard's tree, whatever uid or markers they have.
+    pub(crate) keeper: bool,
     pub(crate) supervisor: Option<OwnerId>,
     /// Why the markers cannot be believed, if they cannot.
     pub(crate) malformed: Option<String>,
@@ -61,7 +63,11 @@ impl Markers {
             ENV_RUN_ID => self.run_id = Some(id(value)?),
             ENV_GUARD => self.guard = Some(id(value)?),
             ENV_OWNER => self.owner = Some(owner(value)?),
-            ENV_WATCHDOG_OWNER | ENV_KEEPER => self.watchdog_of = Some(owner(value)?),
+            ENV_WATCHDOG_OWNER => self.watchdog_of = Some(owner(value)?),
+            ENV_KEEPER => {
+                self.watchdog_of = Some(owner(value)?);
+                self.keeper = true;
+            }
             ENV_SUPERVISOR => self.supervisor = Some(owner(value)?),
             _ if ownership::valid_test_name(value) => self.test = Some(value.to_owned()),
             _ => return Err(bad("is not a test name")),
