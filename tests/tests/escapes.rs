@@ -476,7 +476,9 @@ fn a_sweep_that_finds_a_keeper_by_its_marker_ends_its_tree_of_any_uid() {
         .spawn()
         .expect("a guard below a keeper");
     let sleeper = wait_until("the guarded tree's sleep runs as nobody", || {
-        by_token(&token).into_iter().find(|id| procfs::owner_uid(id.pid).ok() == Some(reapkit_tests::sweep_sandbox::NOBODY))
+        by_token(&token)
+            .into_iter()
+            .find(|id| procfs::owner_uid(id.pid).ok() == Some(reapkit_tests::sweep_sandbox::NOBODY))
     });
     let elsewhere = tempfile::tempdir().expect("a ledger without the guard's record");
     let owner = reapkit::OwnerId::of_self().expect("our own id");

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use reapkit::rmcp::{child, McpClient};
 use reapkit::{Error, ProcId, ProcessGuard};
-use reapkit_tests::{assert_all_gone, end_marked, fixture, leak_checked, marked, real_server, tree_of, wait_until};
+use reapkit_tests::{
+    assert_all_gone, end_marked, fd_count, fixture, leak_checked, marked, real_server, real_server_argv, tree_of,
+    wait_until,
+};
 use rmcp::model::CallToolRequestParams;
 use rmcp::ServiceExt;
 use serde_json::json;
@@ -112,6 +115,44 @@ fn real_servers_held_past_their_runtime_end_with_it_and_drop_without_one() {
 }
 
 /// The whole tree of a guard, once its servers have started their children.
+#[test]
+#[serial]
+fn server_everything_over_streamable_http_through_rmcp_frees_its_port_and_leaves_nothing() {
+    // server-everything in its Streamable HTTP mode, on the port the kernel picks: it logs
+    // "listening on port 0", so only the kernel knows the port.
+    let argv = real_server_argv("REAPKIT_TEST_NPX_EVERYTHING");
+    let argv: Vec<&str> =
+        argv.strip_suffix(" stdio").expect("the stdio transport is the last word").split(' ').collect();
+    let mut cmd = std::process::Command::new(argv[0]);
+    cmd.args(&argv[1..]).arg("streamableHttp").env("PORT", "0");
+    drop(current_thread()); // tokio's process-wide signal socket pair, into the baseline
+    let baseline = fd_count();
+    let runtime = current_thread();
+    let (tree, port) = runtime.block_on(async {
+        let server = ProcessGuard::builder(cmd)
+            .mcp()
+            .startup_timeout(STARTUP)
+            .serve_http("/mcp")
+            .await
+            .expect("starts over HTTP");
+        let port = server.process().port().expect("the port its tree listens on");
+        assert!(server.url().is_some_and(|u| u.ends_with(&format!(":{port}/mcp"))), "{:?}", server.url());
+        assert!(server.process().stderr_tail().contains("listening on port 0"), "it logged the port it was given");
+        let tools = server.list_tools().await.expect("tools/list over HTTP");
+        assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+        let answer = server.call_tool("echo", json!({"message": "over streamable http"})).await.expect("echo");
+        assert!(format!("{answer:?}").contains("over streamable http"), "{answer:?}");
+        let tree = marked_tree(server.process().id());
+        let report = server.shutdown().await;
+        assert!(report.is_clean(), "{report}");
+        (tree, port)
+    });
+    drop(runtime);
+    assert_all_gone(&tree);
+    assert!(reapkit::listening::holders_of_port(port, std::process::id() as i32).is_empty(), "port {port} is free");
+    assert_eq!(fd_count(), baseline, "the HTTP client's connections are closed with its runtime");
+}
+
 fn marked_tree(guard: &str) -> Vec<ProcId> {
     let tree = wait_until("the server's tree carries its guard's marker", || {
         let found = marked(guard);

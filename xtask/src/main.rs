@@ -59,7 +59,7 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // Doctests first (nextest does not run them), so nextest's summary closes the output.
-    run(cargo().args(["test", "--package", "reapkit", "--features", "docker,rmcp", "--doc"]))?;
+    run(cargo().args(["test", "--package", "reapkit", "--features", "docker,rmcp-http", "--doc"]))?;
     // The user workspace's tests are built now, so that running them later only runs them.
     run(cargo()
         .args(["build", "--tests", "--bins", "--manifest-path", "examples/user-workspace/Cargo.toml"])

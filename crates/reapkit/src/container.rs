@@ -23,6 +23,7 @@ use crate::docker_engine::Engine;
 use crate::error::{Error, Result};
 use crate::ledger;
 use crate::ownership::{self, Owner};
+use crate::process::DEFAULT_READY_TIMEOUT;
 use crate::registry::{self, Attachment};
 
 /// Labels put on every container and network at create; the sweep finds leftovers by them.
@@ -38,8 +39,6 @@ pub const LABEL_SUPERVISOR: &str = "reapkit.supervisor";
 
 /// Default SIGTERM-to-SIGKILL time of `docker stop`, like the process guard's `term_grace`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default time for a container to become ready.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for one engine call (create, inspect, exec, remove) before it counts as hung.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes of logs kept in errors.

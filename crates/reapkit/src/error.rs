@@ -99,6 +99,18 @@ pub enum Error {
     #[error("`{program}` (pid {pid}) did not keep its resource budget:\n{report}")]
     BudgetExceeded { program: String, pid: i32, report: String },
 
+    /// A port the guard was to listen on is held by a process outside its tree: who, and what
+    /// to do about it.
+    #[error("`{program}` cannot listen on TCP port {port}: it is held by {holder}")]
+    PortHeld { program: String, port: u16, holder: String },
+
+    /// The guarded tree did not listen as asked within its `ready_timeout`.
+    #[error(
+        "`{program}` was not listening on {wanted} within {timeout:?}: {reason}\n  stderr (tail):\n{}",
+        indent(stderr_tail)
+    )]
+    NotListening { program: String, wanted: String, timeout: std::time::Duration, reason: String, stderr_tail: String },
+
     /// An I/O error talking to a guarded process.
     #[error("{context}: {source}{}", fd_limit_hint(source).map_or_else(String::new, |h| format!(". {h}")))]
     Io { context: String, source: std::io::Error },

@@ -98,6 +98,7 @@ pub mod escape;
 mod fd_snapshot;
 pub mod identity;
 pub mod ledger;
+pub mod listening;
 #[cfg(feature = "mcp")]
 mod mcp;
 mod member;
@@ -121,8 +122,8 @@ mod watchdog;
 pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
 #[cfg(feature = "docker")]
 pub use container::{
-    Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT,
-    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
+    Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_STOP_TIMEOUT, LABEL_CREATED,
+    LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
 };
 pub use containment::Containment;
 #[cfg(feature = "docker")]
@@ -130,11 +131,12 @@ pub use docker_engine::DEFAULT_DOCKER_HOST;
 pub use error::{Error, Result};
 pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
 pub use identity::OwnerId;
+pub use listening::{Listen, ListenAddr, Listener};
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
 pub use process::{
-    shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_TERM_GRACE,
-    ENV_EOF_GRACE, ENV_TERM_GRACE,
+    shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT,
+    DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE,
 };
 pub use procfs::ProcId;
 pub use reapkit_macros::test;

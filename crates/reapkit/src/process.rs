@@ -14,6 +14,7 @@ use crate::budget::{Budget, BudgetWatch};
 use crate::containment::{self, cgroup::GuardCgroup, keeper, Containment};
 use crate::error::{Error, Result};
 use crate::ledger;
+use crate::listening::{self, Listen, Listener};
 use crate::member::Member;
 use crate::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{self, ProcId};
@@ -30,6 +31,9 @@ use crate::teardown::{self, Holder, Teardown, Tree};
 pub const DEFAULT_EOF_GRACE: Duration = Duration::from_millis(300);
 /// How long to wait after SIGTERM to the group before SIGKILL (the MCP SDKs use about 2 s).
 pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long [`ProcessBuilder::listen`] waits for the tree to listen, and a container to become
+/// ready: `npx` fetching a package on a cold cache, or an image's first start, takes seconds.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Environment override of the EOF grace, e.g. `REAPKIT_EOF_GRACE=500ms`.
 pub const ENV_EOF_GRACE: &str = "REAPKIT_EOF_GRACE";
 /// Environment override of the SIGTERM grace, e.g. `REAPKIT_TERM_GRACE=5s`.
@@ -65,6 +69,9 @@ pub struct ProcessBuilder {
     scan_proc: bool,
     ledger_dir: Option<PathBuf>,
     containment: Option<Containment>,
+    /// Readiness: the tree listening on this, within `ready_timeout`.
+    listen: Option<Listen>,
+    ready_timeout: Option<Duration>,
     /// What reports call the guard: `ProcessGuard`, or `McpServer` for one built by `mcp()`.
     pub(crate) kind: &'static str,
     /// Where the test asked for it: the guard's creation site in reports.
@@ -124,6 +131,50 @@ impl ProcessBuilder {
         self
     }
 
+    /// Makes [`spawn`](Self::spawn) return only once the guarded tree listens on `listen`,
+    /// proven from `/proc` (the tree's own socket, never a connection that any process on the
+    /// port could answer), and the port it bound is [`ProcessGuard::port`]. With
+    /// [`Listen::Tcp(0)`](Listen::Tcp) any TCP port will do: start the server on port 0 and
+    /// learn the real one here, even if it logs another.
+    ///
+    /// A TCP port already held by a process outside the tree, before the spawn or while
+    /// waiting, is [`Error::PortHeld`], naming the holder (its command, whether reapkit started
+    /// it, its test, whether that test still runs, the command that reaps it). Not listening
+    /// within [`ready_timeout`](Self::ready_timeout), or exiting first, is
+    /// [`Error::NotListening`]. Either way the tree is torn down.
+    ///
+    /// ```
+    /// # use std::process::Command;
+    /// use reapkit::{Listen, ProcessGuard};
+    /// let mut cmd = Command::new("python3");
+    /// cmd.args(["-m", "http.server", "0", "--bind", "127.0.0.1"]);
+    /// let server = ProcessGuard::builder(cmd).listen(Listen::Tcp(0)).spawn()?;
+    /// let port = server.port().expect("listening");
+    /// assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    /// # Ok::<(), reapkit::Error>(())
+    /// ```
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// The deadline for [`listen`](Self::listen) readiness, from the spawn (default
+    /// [`DEFAULT_READY_TIMEOUT`]).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = Some(timeout);
+        self
+    }
+
+    /// What a server that speaks over its port, not its stdin, needs unless told otherwise:
+    /// readiness on any TCP port within `timeout`, and no EOF grace (it does not read stdin).
+    #[cfg(feature = "rmcp-http")]
+    pub(crate) fn for_http(mut self, timeout: Duration) -> Self {
+        self.listen.get_or_insert(Listen::Tcp(0));
+        self.ready_timeout.get_or_insert(timeout);
+        self.eof_grace.get_or_insert(Duration::ZERO);
+        self
+    }
+
     /// The program, as errors and reports name it.
     #[cfg(feature = "rmcp")]
     pub(crate) fn program(&self) -> String {
@@ -136,6 +187,12 @@ impl ProcessBuilder {
             what: "a /proc of this PID namespace",
             source: std::io::Error::other(why.to_owned()),
         })?;
+        let ready_timeout = self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
+        let listen = self.listen.take().map(|l| (l, Instant::now() + ready_timeout));
+        if let Some((Listen::Tcp(port @ 1..), _)) = &listen {
+            let program = self.command.get_program().to_string_lossy().into_owned();
+            port_free(*port, &[], &program)?;
+        }
         let scope = Attachment::current();
         let env_graces = Graces::from_env()?;
         // The builder's word first, then the test scope's, then the environment's.
@@ -259,6 +316,7 @@ impl ProcessBuilder {
             },
             program,
             spawned: Instant::now(),
+            listener: None,
             report: None,
         };
         let command = std::iter::once(self.command.get_program())
@@ -288,6 +346,10 @@ impl ProcessBuilder {
             child: Some(pid),
         };
         registry::guard_created(scope.as_ref(), live);
+        if let Some((listen, deadline)) = listen {
+            // On error `guard` drops here: the tree is torn down.
+            guard.listener = Some(guard.await_listening(&listen, deadline, ready_timeout)?);
+        }
         Ok(guard)
     }
 
@@ -314,6 +376,20 @@ fn short_command(record: &ledger::Record) -> String {
     match line.char_indices().nth(80) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
+    }
+}
+
+/// `Ok` unless a process outside `tree` (pids) listens on TCP `port` in our network namespace.
+fn port_free(port: u16, tree: &[i32], program: &str) -> Result<()> {
+    let me = std::process::id() as i32;
+    let holders: Vec<String> = listening::holders_of_port(port, me)
+        .into_iter()
+        .filter(|h| !tree.contains(&h.pid))
+        .map(|h| crate::sweep::describe_holder(h.pid))
+        .collect();
+    match holders.is_empty() {
+        true => Ok(()),
+        false => Err(Error::PortHeld { program: program.to_owned(), port, holder: holders.join("; and by ") }),
     }
 }
 
@@ -354,6 +430,8 @@ pub struct ProcessGuard {
     pub(crate) tree: Tree,
     pub(crate) program: String,
     spawned: Instant,
+    /// The socket that made it ready ([`ProcessBuilder::listen`]).
+    listener: Option<Listener>,
     report: Option<Teardown>,
 }
 
@@ -387,6 +465,8 @@ impl ProcessGuard {
             scan_proc: true,
             ledger_dir: None,
             containment: None,
+            listen: None,
+            ready_timeout: None,
             kind: "ProcessGuard",
             created_at: std::panic::Location::caller(),
         }
@@ -451,6 +531,66 @@ impl ProcessGuard {
     /// Whether the child itself has exited (its descendants may live on).
     pub fn has_exited(&self) -> bool {
         self.tree.leader.has_exited()
+    }
+
+    /// The TCP port the tree listened on when it became ready ([`ProcessBuilder::listen`]).
+    pub fn port(&self) -> Option<u16> {
+        self.listener.as_ref().and_then(|l| l.addr.port())
+    }
+
+    /// The socket that made it ready ([`ProcessBuilder::listen`]), with the process holding it.
+    pub fn listener(&self) -> Option<&Listener> {
+        self.listener.as_ref()
+    }
+
+    /// Every socket the tree listens on now, read from `/proc`.
+    pub fn listeners(&self) -> Vec<Listener> {
+        listening::of(&self.tree.pids())
+    }
+
+    /// Waits until the tree listens on `listen`: the leader's exit wakes the wait at once; a new
+    /// socket has no event to wait for, so the tree's sockets are read again after a pause that
+    /// doubles from 1 ms to 20 ms.
+    fn await_listening(&mut self, listen: &Listen, deadline: Instant, timeout: Duration) -> Result<Listener> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let pids = self.tree.pids();
+            let found = listening::of(&pids);
+            if let Some(ready) = found.iter().find(|l| listen.matches(&l.addr)) {
+                return Ok(ready.clone());
+            }
+            if let Listen::Tcp(port @ 1..) = listen {
+                port_free(*port, &pids, &self.program)?;
+            }
+            let exited = self.has_exited();
+            let reason = if exited {
+                Some("it exited before it listened".to_owned())
+            } else if Instant::now() >= deadline {
+                Some(match found.is_empty() {
+                    true => "its tree listens on nothing yet. Raise `ready_timeout` if it starts slowly".to_owned(),
+                    false => {
+                        let on: Vec<String> = found.iter().map(ToString::to_string).collect();
+                        format!("its tree listens on {} instead", on.join(", "))
+                    }
+                })
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                // Torn down first: the stderr tail is then complete, and the status known.
+                let report = self.teardown();
+                let status = report.status.filter(|_| exited).map_or_else(String::new, |s| format!(" ({s})"));
+                return Err(Error::NotListening {
+                    program: self.program.clone(),
+                    wanted: listen.to_string(),
+                    timeout,
+                    reason: format!("{reason}{status}"),
+                    stderr_tail: self.stderr_tail(),
+                });
+            }
+            sys::wait_readable(std::os::fd::AsFd::as_fd(&self.tree.leader.pidfd), deadline.min(Instant::now() + pause));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     /// Pid, group, uptime, RSS, FD count, threads and live descendants of the child.

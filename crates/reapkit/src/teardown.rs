@@ -172,6 +172,19 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
+    /// The processes of the tree now, the leader first: its cgroup's members, the keeper's
+    /// descendants, or (marker-only) what teardown would find.
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        let mut pids = vec![self.leader.id.pid];
+        let members: Vec<i32> = match &self.holder {
+            Holder::Cgroup(cg) => cg.members(),
+            Holder::Keeper(keeper) => procfs::descendants(keeper.id.pid).iter().map(|d| d.pid).collect(),
+            Holder::Marker { .. } => discover_marker_tree(self).iter().map(|m| m.id.pid).collect(),
+        };
+        pids.extend(members.into_iter().filter(|&p| p != self.leader.id.pid));
+        pids
+    }
+
     /// The descriptors the guard holds while it lives: its pipes, pidfds and drain.
     pub(crate) fn fds(&self) -> Vec<crate::registry::HeldFd> {
         use std::os::fd::AsRawFd;

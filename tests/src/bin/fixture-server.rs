@@ -58,6 +58,12 @@
 //!   `DIR` holds N entries (at most 60 s, then exit 5): N servers answer only if a client
 //!   handshakes with all of them at once, so a client that starts servers one after the other
 //!   times out on the first.
+//! * `--listen-tcp PORT`: after `--listen-delay-ms` (default 0), bind `127.0.0.1:PORT` (0: any
+//!   port) and answer every connection with one line, `fixture-server <pid>`, then close it.
+//!   It logs `listening on http://127.0.0.1:3001/` to stderr whatever it bound, like servers
+//!   that log the port they were asked for rather than the one they got.
+//! * `--listen-in-child`: bind in a child process instead (`--listen-tcp` with
+//!   `--sleep-forever`), as `npx` leaves the listening to the `node` it starts.
 //! * `--sleep-forever` (internal): block forever without reading stdin. The
 //!   children of `--children`, `--escape` and `spawn_child` run this mode.
 //! * `--daemonize` (internal): call `setsid()`, start a `--sleep-forever`
@@ -81,7 +87,7 @@ const USAGE: &str = "usage: fixture-server [--ignore-eof] [--ignore-sigterm] [--
 [--escape] [--crash-at-start] [--stderr-mb N] [--delay-ms N] [--leak-fds K] [--garbage] \
 [--exit-after-init] [--flood-pings] [--flood-pings-after-init] [--escape-clean-env TOKEN] \
 [--escape-clean-env-group TOKEN] [--leave-group] [--drop-uid TOKEN] [--fork-storm TOKEN] [--rendezvous DIR N] \
-[--sleep-forever] [--daemonize]";
+[--listen-tcp PORT] [--listen-delay-ms N] [--listen-in-child] [--sleep-forever] [--daemonize]";
 
 /// The command-line flags; see the module documentation.
 #[derive(Default)]
@@ -105,6 +111,9 @@ struct Config {
     fork_storm: Option<String>,
     rendezvous: Option<(PathBuf, usize)>,
     forker: Option<String>,
+    listen_tcp: Option<u16>,
+    listen_delay_ms: u64,
+    listen_in_child: bool,
     sleep_forever: bool,
     daemonize: bool,
 }
@@ -138,6 +147,9 @@ impl Config {
                     cfg.rendezvous = Some((dir, number(&flag, args.next())));
                 }
                 "--forker" => cfg.forker = Some(token(&flag, args.next())),
+                "--listen-tcp" => cfg.listen_tcp = Some(number(&flag, args.next())),
+                "--listen-delay-ms" => cfg.listen_delay_ms = number(&flag, args.next()),
+                "--listen-in-child" => cfg.listen_in_child = true,
                 "--sleep-forever" => cfg.sleep_forever = true,
                 "--daemonize" => cfg.daemonize = true,
                 _ => usage_error(&format!("unknown flag {flag:?}")),
@@ -185,6 +197,40 @@ fn rendezvous(dir: &Path, n: usize) {
             process::exit(5);
         }
         thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Binds `127.0.0.1:port` after `delay_ms` on a thread of its own, which answers every
+/// connection with this process's pid; logs a port that is not the one bound.
+fn listen(port: u16, delay_ms: u64) {
+    thread::spawn(move || {
+        thread::sleep(Duration::from_millis(delay_ms));
+        let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("fixture-server: cannot listen on port {port}: {e}");
+                process::exit(6);
+            }
+        };
+        eprintln!("fixture-server: listening on http://127.0.0.1:3001/");
+        for mut conn in listener.incoming().flatten() {
+            let _ = writeln!(conn, "fixture-server {}", process::id());
+        }
+    });
+}
+
+/// Starts a child that listens (see [`listen`]) and sleeps, in our group.
+fn listen_in_child(port: u16, delay_ms: u64) {
+    let exe = std::env::current_exe().unwrap_or_else(|e| {
+        eprintln!("fixture-server: cannot find own executable: {e}");
+        process::exit(1);
+    });
+    let mut cmd = fixture_command(&exe, "--sleep-forever", false);
+    cmd.args(["--listen-tcp", &port.to_string(), "--listen-delay-ms", &delay_ms.to_string()]);
+    cmd.stderr(Stdio::inherit());
+    if let Err(e) = cmd.spawn() {
+        eprintln!("fixture-server: cannot start the listening child: {e}");
+        process::exit(1);
     }
 }
 
@@ -502,6 +548,13 @@ fn main() {
         if let Err(e) = unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) } {
             eprintln!("fixture-server: cannot ignore SIGTERM: {e}");
             process::exit(1);
+        }
+    }
+    if let Some(port) = cfg.listen_tcp {
+        if cfg.listen_in_child && !cfg.sleep_forever {
+            listen_in_child(port, cfg.listen_delay_ms);
+        } else {
+            listen(port, cfg.listen_delay_ms);
         }
     }
     if cfg.sleep_forever {

@@ -27,22 +27,29 @@ impl McpBuilder {
         let program = process.program();
         let transport = ChildTransport::spawn(process)?;
         let child = transport.guarded();
-        let config = ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new(client_name, env!("CARGO_PKG_VERSION")),
-        );
         // Pinned here, not moved into the timeout: on failure the transport inside is dropped
         // only after the teardown ran on its own thread, so the runtime never blocks on it.
-        let mut handshake = pin!(config.serve(transport));
-        let reason = match tokio::time::timeout(startup_timeout, handshake.as_mut()).await {
-            Ok(Ok(service)) => return Ok(McpClient { service, child, request_timeout, program }),
-            Ok(Err(e)) => format!("rmcp's handshake failed: {e}"),
-            Err(_) => "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into(),
-        };
-        let report = Arc::clone(&child).shutdown().await;
-        let stderr_tail = child.stderr_tail();
-        Err(Error::Startup { program, reason, status: report.status, stderr_tail })
+        let mut handshake = pin!(client_config(client_name).serve(transport));
+        match tokio::time::timeout(startup_timeout, handshake.as_mut()).await {
+            Ok(Ok(service)) => Ok(McpClient { service, child, request_timeout, program, url: None }),
+            Ok(Err(e)) => Err(startup_failed(child, program, format!("rmcp's handshake failed: {e}")).await),
+            Err(_) => Err(startup_failed(child, program, NO_INITIALIZE_ANSWER.into()).await),
+        }
     }
+}
+
+pub(super) const NO_INITIALIZE_ANSWER: &str =
+    "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)";
+
+/// What reapkit's client says of itself in `initialize`.
+pub(super) fn client_config(name: String) -> ClientConfig {
+    ClientConfig::new(ClientCapabilities::default(), Implementation::new(name, env!("CARGO_PKG_VERSION")))
+}
+
+/// Tears the server down first, then builds the startup error with its exit status and stderr.
+pub(super) async fn startup_failed(child: Arc<GuardedChild>, program: String, reason: String) -> Error {
+    let report = Arc::clone(&child).shutdown().await;
+    Error::Startup { program, reason, status: report.status, stderr_tail: child.stderr_tail() }
 }
 
 /// A guarded MCP stdio server with rmcp's typed client, for async tests.
@@ -60,10 +67,12 @@ impl McpBuilder {
 /// timeout and reapkit's errors. Ending it: [`shutdown`](Self::shutdown) awaits the teardown
 /// without blocking the runtime; `Drop` runs it synchronously, in any runtime or none.
 pub struct McpClient {
-    service: RunningService<RoleClient, ClientConfig>,
-    child: Arc<GuardedChild>,
-    request_timeout: Duration,
-    program: String,
+    pub(super) service: RunningService<RoleClient, ClientConfig>,
+    pub(super) child: Arc<GuardedChild>,
+    pub(super) request_timeout: Duration,
+    pub(super) program: String,
+    /// Where it is spoken to, for a server over Streamable HTTP.
+    pub(super) url: Option<String>,
 }
 
 impl McpClient {
@@ -76,6 +85,12 @@ impl McpClient {
     /// rmcp's running service (its cancellation token, `peer_info`, `waiting`).
     pub fn service(&self) -> &RunningService<RoleClient, ClientConfig> {
         &self.service
+    }
+
+    /// The MCP endpoint of a server over Streamable HTTP
+    /// ([`McpBuilder::serve_http`](crate::McpBuilder::serve_http)): `http://127.0.0.1:<port>/mcp`.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 
     /// The guard under the server: pid, guard id, containment, stderr tail, teardown report.

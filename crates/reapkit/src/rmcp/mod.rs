@@ -11,11 +11,17 @@
 //! graces on a thread of its own; dropping runs it synchronously, in any runtime or none. It
 //! registers with the test scope and the watchdog and is held by the guard's containment.
 //!
+//! - [`McpBuilder::serve_http`](crate::McpBuilder::serve_http) (feature `rmcp-http`): a server
+//!   that speaks Streamable HTTP on a port its tree listens on (proven from `/proc`, so `PORT=0`
+//!   works), through rmcp's HTTP client, as an [`McpClient`] torn down like every guard.
+//!
 //! Which client? The sync [`McpServer`](crate::McpServer) needs no async runtime and no rmcp:
 //! the lighter choice for plain `#[test]`s. Under `#[tokio::test]`, or when the test should
 //! speak rmcp's types, take this module: its requests never block the runtime.
 
 mod client;
+#[cfg(feature = "rmcp-http")]
+mod http;
 mod pipe;
 mod transport;
 

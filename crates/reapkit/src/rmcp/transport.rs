@@ -172,6 +172,8 @@ pub(super) struct GuardedChild {
     pid: i32,
     id: String,
     containment: crate::Containment,
+    /// The socket that made it ready, for a server that listens.
+    listener: Option<crate::Listener>,
     state: Mutex<State>,
 }
 
@@ -186,11 +188,12 @@ enum State {
 }
 
 impl GuardedChild {
-    fn new(guard: ProcessGuard) -> GuardedChild {
+    pub(super) fn new(guard: ProcessGuard) -> GuardedChild {
         GuardedChild {
             pid: guard.pid(),
             id: guard.id().to_owned(),
             containment: guard.containment(),
+            listener: guard.listener().cloned(),
             state: Mutex::new(State::Live(Box::new(guard))),
         }
     }
@@ -279,6 +282,17 @@ impl ChildHandle {
     /// The last bytes the server wrote to stderr (waits for a teardown in progress).
     pub fn stderr_tail(&self) -> String {
         self.child.stderr_tail()
+    }
+
+    /// The socket its tree listened on when it became ready, for a server that listens
+    /// ([`ProcessBuilder::listen`](crate::ProcessBuilder::listen)).
+    pub fn listener(&self) -> Option<&crate::Listener> {
+        self.child.listener.as_ref()
+    }
+
+    /// The TCP port of [`listener`](Self::listener).
+    pub fn port(&self) -> Option<u16> {
+        self.listener().and_then(|l| l.addr.port())
     }
 
     /// The teardown report, once the transport was closed or dropped.

@@ -64,6 +64,8 @@ pub struct ScopeLeak {
     origin: Origin,
     /// Its pid or short container id, where it has one.
     ident: Option<String>,
+    /// `listening on tcp 127.0.0.1:8080`: the ports it held when found.
+    listening: Option<String>,
 }
 
 /// What a leak came from, for folding it under a guard that outlived its test.
@@ -97,14 +99,16 @@ impl ScopeLeak {
             names: vec![kind, fd.target.clone()],
             origin: Origin::Fd(fd.fd, fd.target.clone()),
             ident: None,
+            listening: None,
         }
     }
 
     /// A live child of the test process that the test started and left running.
     pub(super) fn child(pid: i32, command: String, action: &str) -> ScopeLeak {
+        let listening = listening_of_tree(pid);
         ScopeLeak {
             kind: LeakKind::Process,
-            what: format!("pid {pid} `{command}`, a child of the test process"),
+            what: format!("pid {pid} `{command}`, a child of the test process{}", comma(&listening)),
             action: action.to_owned(),
             fix: "keep its std::process::Child and kill + wait it before the test ends, or spawn it through \
                   reapkit::ProcessGuard, which tears the whole tree down on drop"
@@ -112,6 +116,7 @@ impl ScopeLeak {
             names: process_names(&command),
             origin: Origin::Other,
             ident: Some(pid.to_string()),
+            listening,
         }
     }
 
@@ -123,6 +128,7 @@ impl ScopeLeak {
         };
         let (pids, containers) = (idents(LeakKind::Process), idents(LeakKind::Container));
         let fds = ended.iter().filter(|l| l.kind == LeakKind::Fd).count();
+        let listened: Vec<&str> = ended.iter().filter_map(|l| l.listening.as_deref()).collect();
         let what = format!(
             "`{}` of `{}` created at {}:{} was never dropped (forgotten, moved into a static, or held by a thread or \
              task that outlived the test)",
@@ -134,6 +140,9 @@ impl ScopeLeak {
         let mut done = Vec::new();
         if !pids.is_empty() {
             done.push(format!("its process tree was torn down (pid {})", pids.join(", ")));
+        }
+        if !listened.is_empty() {
+            done.push(format!("it was {}", listened.join("; ")));
         }
         if !containers.is_empty() {
             done.push(format!("its container {} was removed", containers.join(", ")));
@@ -153,6 +162,7 @@ impl ScopeLeak {
             names: vec![guard.kind.to_owned()],
             origin: Origin::Guard(guard.id.clone()),
             ident: None,
+            listening: None,
         }
     }
 
@@ -172,7 +182,11 @@ impl ScopeLeak {
         let command = leak.command.clone().unwrap_or_default();
         let (what, fix, names) = match kind {
             LeakKind::Process => (
-                format!("pid {} `{command}`, carrying this test's reapkit marker", leak.pid.unwrap_or_default()),
+                format!(
+                    "pid {} `{command}`, carrying this test's reapkit marker{}",
+                    leak.pid.unwrap_or_default(),
+                    comma(&leak.listening_words())
+                ),
                 match leak.found_by {
                     sweep::FoundBy::Ledger => {
                         "its guard was still alive when the test ended (mem::forget, a static, or a thread or task \
@@ -208,6 +222,7 @@ impl ScopeLeak {
             names,
             origin: leak.guard.clone().map_or(Origin::Other, Origin::Guard),
             ident: Some(leak.ident()),
+            listening: leak.listening_words(),
         }
     }
 
@@ -275,4 +290,17 @@ impl std::fmt::Display for LeakReport {
         }
         Ok(())
     }
+}
+
+/// `listening on tcp 127.0.0.1:8080` for what `pid` and its descendants listen on, if
+/// anything: a leftover that holds a port is named with it.
+fn listening_of_tree(pid: i32) -> Option<String> {
+    let mut pids = vec![pid];
+    pids.extend(crate::procfs::descendants(pid).iter().map(|d| d.pid));
+    crate::listening::words(&crate::listening::of(&pids))
+}
+
+/// `, <words>`, or nothing.
+fn comma(words: &Option<String>) -> String {
+    words.as_ref().map_or_else(String::new, |w| format!(", {w}"))
 }

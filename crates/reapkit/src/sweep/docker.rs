@@ -178,6 +178,7 @@ fn push_object(
         threads: None,
         exe: None,
         detail: Some(format!("on {host}")),
+        listening: Vec::new(),
     });
     f.targets.push(Target::Docker(Object { host: host.to_owned(), kind, id, record }));
 }

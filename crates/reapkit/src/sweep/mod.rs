@@ -41,7 +41,7 @@ use crate::ownership::{self, ENV_GUARD};
 use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
 use crate::{sys, teardown};
 
-pub(crate) use processes::Markers;
+pub(crate) use processes::{describe_holder, Markers};
 pub(crate) use report::{action_words, words};
 pub use report::{
     write_columns, write_table, Action, Columns, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS,
@@ -563,7 +563,8 @@ impl Findings {
                 self.watchdogs.push(id);
                 if markers.keeper {
                     // Its tree, by the kernel's reparenting rule, even without its ledger record.
-                    let tree = Markers { owner: markers.watchdog_of.clone(), watchdog_of: None, keeper: false, ..markers };
+                    let tree =
+                        Markers { owner: markers.watchdog_of.clone(), watchdog_of: None, keeper: false, ..markers };
                     self.push_descendants_found_by(id, &tree, FoundBy::Keeper, true);
                 }
             }
@@ -912,6 +913,7 @@ fn cgroup_leak(dir: &Path, markers: &Markers) -> Leak {
         threads: None,
         exe: None,
         detail: Some("a guard's cgroup, left behind by an owner that died; no process is left in it".into()),
+        listening: Vec::new(),
     }
 }
 
@@ -950,6 +952,7 @@ fn evidence_leak(record: &Record, clock: &BootClock, action: Action) -> Leak {
         threads: None,
         exe: None,
         detail: reaped.map(|r| format!("its owner died; the {} reaped it at {}", r.by, r.at)),
+        listening: Vec::new(),
     }
 }
 

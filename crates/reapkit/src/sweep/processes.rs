@@ -126,6 +126,7 @@ pub(crate) fn process_leak(
         threads: stat.map(|s| s.num_threads),
         exe,
         detail: None,
+        listening: crate::listening::of(&[id.pid]),
     }
 }
 
@@ -147,6 +148,81 @@ pub(crate) fn markers_of(pid: i32) -> Markers {
         return Markers::default();
     }
     Markers::parse(&buf).unwrap_or_default()
+}
+
+/// Who `pid` is, for an error naming the holder of something a guard needed (a port): its
+/// command line; whether reapkit started it — by its markers, its nearest marked ancestor or the
+/// reapkit cgroup it is in, the kernel's word where the environment was cleared; its test, and
+/// whether that test's process still lives; and what to do about it.
+pub(crate) fn describe_holder(pid: i32) -> String {
+    let what = format!("pid {pid} `{}`", crate::escape::evidence(&procfs::cmdline(pid)));
+    let (markers, how) = match reapkit_markers(pid) {
+        Some(found) => found,
+        None => {
+            return format!(
+                "{what}, not started by reapkit: stop it, or give the server another port (port 0 lets it \
+                 choose, and the guard reports the port it bound)"
+            )
+        }
+    };
+    let test = markers.test.as_deref().map_or_else(String::new, |t| format!(" of test `{t}`"));
+    let run = markers.run_id.as_deref().map_or_else(String::new, |r| format!(" (run {r})"));
+    let guard = markers.guard.as_deref().map_or_else(String::new, |g| format!(" {g}"));
+    let reap = match &markers.run_id {
+        Some(run_id) => format!("`reapkit reap --run-id {run_id}` (or `cargo xtask reap`)"),
+        None => "`reapkit reap` (or `cargo xtask reap`)".to_owned(),
+    };
+    let alive = markers.owner.as_ref().map(|o| crate::identity::Namespaces::new().owner(o));
+    match alive {
+        Some(crate::identity::Whereabouts::Alive(p)) => format!(
+            "{what}, a reapkit guard{guard}{test}{run} ({how}), whose test process (pid {}) is still running: \
+             two tests want the port. Give each its own (port 0 lets the server choose), or serialize them",
+            p.pid
+        ),
+        Some(crate::identity::Whereabouts::Unknown(why)) => {
+            format!("{what}, a reapkit guard{guard}{test}{run} ({how}), whose owner cannot be checked: {why}")
+        }
+        _ => format!(
+            "{what}, a leftover of reapkit guard{guard}{test}{run} ({how}) whose test process has exited. \
+             Reap it with {reap}"
+        ),
+    }
+}
+
+/// The reapkit markers that vouch for `pid`, and how they were found: its own environment,
+/// its nearest marked ancestor's, or the guard id of the reapkit cgroup it is in.
+fn reapkit_markers(pid: i32) -> Option<(Markers, String)> {
+    let own = markers_of(pid);
+    if own.malformed.is_none() && (own.guard.is_some() || own.owner.is_some()) {
+        return Some((own, "by its own markers".to_owned()));
+    }
+    if let Some(guard) = reapkit_cgroup_guard(pid) {
+        let owner = ownership::owner_of_guard(&guard);
+        return Some((Markers { guard: Some(guard), owner, ..Markers::default() }, "by its reapkit cgroup".to_owned()));
+    }
+    let mut at = pid;
+    for _ in 0..64 {
+        at = Stat::read(at).ok()?.ppid;
+        if at <= 1 {
+            return None;
+        }
+        let up = markers_of(at);
+        if up.malformed.is_none() && up.guard.is_some() {
+            return Some((up, format!("by its ancestor pid {at}")));
+        }
+    }
+    None
+}
+
+/// The guard id of the reapkit cgroup `pid` is in, if it is in one.
+fn reapkit_cgroup_guard(pid: i32) -> Option<String> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = line.lines().find_map(|l| l.strip_prefix("0::"))?;
+    path.split('/')
+        .rev()
+        .find_map(|part| part.strip_prefix(crate::containment::cgroup::PREFIX))
+        .filter(|g| ownership::valid_id(g))
+        .map(str::to_owned)
 }
 
 /// Processes of our user whose command line satisfies `matches` (for `--match`), never this

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::escape::evidence;
+use crate::listening::Listener;
 use crate::procfs::ExeState;
 
 /// Nothing leaked (and everything could be checked).
@@ -116,6 +117,9 @@ pub struct Leak {
     pub exe: Option<ExeState>,
     /// Why an action failed, or other facts worth a line.
     pub detail: Option<String>,
+    /// The sockets it listened on when found (processes): which leftover holds which port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listening: Vec<Listener>,
 }
 
 impl Leak {
@@ -127,6 +131,11 @@ impl Leak {
             (None, Some(id)) => id.clone(),
             (None, None) => "?".into(),
         }
+    }
+
+    /// `listening on tcp 127.0.0.1:8080, unix /tmp/s`, if it listened on anything.
+    pub fn listening_words(&self) -> Option<String> {
+        crate::listening::words(&self.listening)
     }
 
     /// One line of prose: what it is, whose it was, what was done. Every piece of evidence in
@@ -142,6 +151,9 @@ impl Leak {
         }
         if let Some(age) = self.age_s {
             s.push_str(&format!(", {}", age_words(age)));
+        }
+        if let Some(on) = self.listening_words() {
+            s.push_str(&format!(", {on}"));
         }
         s.push_str(&format!(": {}", action_words(&self.action)));
         if let Some(detail) = &self.detail {
@@ -248,7 +260,7 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
                     Some(ExeState::Deleted) => Some("stale-binary: its binary was deleted after it started".to_owned()),
                     _ => None,
                 };
-                for detail in l.detail.iter().chain(&exe) {
+                for detail in l.detail.iter().chain(&exe).chain(&l.listening_words()) {
                     writeln!(out, "{:<9} └ {}", "", truncate(&evidence(detail), TABLE_WIDTH - 12))?;
                 }
             }
@@ -277,7 +289,7 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
                     command(l),
                     l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {})", evidence(c))),
                 )?;
-                if let Some(detail) = &l.detail {
+                for detail in l.detail.iter().chain(&l.listening_words()) {
                     writeln!(out, "{:<9} └ {}", "", evidence(detail))?;
                 }
             }
@@ -353,6 +365,7 @@ mod tests {
             threads: Some(3),
             exe: Some(ExeState::Replaced),
             detail: None,
+            listening: Vec::new(),
         }
     }
 
