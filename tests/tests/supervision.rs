@@ -304,3 +304,57 @@ fn run_removes_the_containers_created_under_its_run_id() {
     assert!(!container_exists(&container), "removed");
     assert!(docker(&["ps", "-aq", "--filter", &format!("label=reapkit.run-id={run_id}")]).is_empty());
 }
+
+/// The run report's statistics are what the run's guards did: `reapkit run` and `reapkit wrap`
+/// over a known mix (`leaky-owner --workload`: 6 created, 2 failed to start, 5 torn down, 1
+/// leaked, 1 ended besides the guarded ones), in the JSON report and one line; `reap --run-id`
+/// reads the same log, then clears it (the run is over).
+#[test]
+fn the_run_report_counts_what_the_runs_guards_did() {
+    let expected = serde_json::json!({
+        "guards_created": 6, "failed_to_start": 2, "torn_down": 5, "leaked": 1, "escapees_ended": 1
+    });
+    let line = "6 guards created, 2 failed to start, 5 torn down, 1 leaked, 1 escapee ended";
+    let files = tempfile::tempdir().expect("tempdir");
+    for (mode, what) in [("run", "run"), ("wrap", "the test")] {
+        let ledger = tempfile::tempdir().expect("tempdir");
+        let run_id = format!("stats-{mode}-{}", uuid());
+        let report = files.path().join(format!("{mode}.json"));
+        let leaky = leaky_command(&["--workload"], &run_id, ledger.path());
+        let mut cmd = reapkit_cli();
+        cmd.args([mode, "--no-docker", "--grace", "200ms", "--report"]).arg(&report);
+        if mode == "run" {
+            cmd.args(["--run-id", &run_id, "--"]);
+        }
+        let out = cmd
+            .arg(leaky.get_program())
+            .args(leaky.get_args())
+            .envs(leaky.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove("REAPKIT_SUPERVISOR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("reapkit runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "the forgotten guard is a leak:\n{stderr}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("the report file")).expect("JSON");
+        assert_eq!(json["stats"], expected, "{mode}: {json}");
+        let summary = match mode {
+            "run" => format!("reapkit: {what} {run_id}: {line}"),
+            _ => format!("reapkit: {what}: {line}"),
+        };
+        assert!(stderr.contains(&summary), "{mode}: one line:\n{stderr}");
+        let log = reapkit::run_stats::dir().join(format!("{run_id}.log"));
+        if mode == "wrap" {
+            assert!(log.exists(), "wrap keeps the log: the run goes on after its test");
+            let reaped = reapkit_cli()
+                .args(["reap", "--json", "--no-docker", "--run-id", &run_id, "--ledger-dir"])
+                .arg(ledger.path())
+                .output()
+                .expect("reap runs");
+            let json: serde_json::Value = serde_json::from_slice(&reaped.stdout).expect("JSON");
+            assert_eq!(json["stats"], expected, "reap --run-id: {json}");
+        }
+        assert!(!log.exists(), "{mode}: the log of a reported run is cleared");
+    }
+}

@@ -132,6 +132,9 @@ pub struct RunArgs {
     /// with the same id is never touched
     #[arg(long, value_name = "ID", value_parser = run_id)]
     pub run_id: Option<String>,
+    /// Write the JSON report (leaks, and the run's statistics) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// The command and its arguments, after `--`
@@ -142,6 +145,9 @@ pub struct RunArgs {
 /// nextest's wrapper script: run one test binary, fail the test if it leaked anything.
 #[derive(Debug, Clone, Args)]
 pub struct WrapArgs {
+    /// Write the JSON report (leaks, and the test's statistics) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// The test binary and its arguments (nextest passes them)
@@ -185,6 +191,9 @@ fn reap_code(args: &ReapArgs) -> Result<i32> {
         let verb = if args.dry_run { "would reap" } else { "reaped" };
         let columns = if args.wide { Columns::Wide } else { Columns::Actions };
         publish(&mut out, &report, &format!("reapkit: {verb}"), "leaked resource", columns);
+        if let Some(run_id) = &args.run_id {
+            stats_line(&mut out, &report, &format!("run {run_id}"));
+        }
     }
     github_annotations(&mut out, &report);
     for problem in &problems {
@@ -250,26 +259,38 @@ pub fn run(args: RunArgs) -> Verdict {
 fn run_code(args: RunArgs) -> Result<i32> {
     let run_id = args.run_id.clone().unwrap_or_else(reapkit::ownership::fresh_run_id);
     Out::stderr().line(&format!("reapkit: run {run_id}"));
-    supervised(Supervision::Run { run_id }, &args.sweep, &args.cmd)
+    supervised(Supervision::Run { run_id }, &args.sweep, args.report.as_deref(), &args.cmd)
 }
 
 /// `reapkit wrap TEST-BINARY ARGS...`.
 pub fn wrap(args: WrapArgs) -> Verdict {
-    Verdict::from(supervised(Supervision::Wrap, &args.sweep, &args.cmd))
+    Verdict::from(supervised(Supervision::Wrap, &args.sweep, args.report.as_deref(), &args.cmd))
 }
 
-fn supervised(mode: Supervision, sweep: &SweepArgs, argv: &[OsString]) -> Result<i32> {
+fn supervised(mode: Supervision, sweep: &SweepArgs, file: Option<&std::path::Path>, argv: &[OsString]) -> Result<i32> {
+    let what = match &mode {
+        Supervision::Run { run_id } => format!("run {run_id}"),
+        Supervision::Wrap => "the test".to_owned(),
+    };
     let (program, rest) = argv.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(rest);
     let supervise::Ended { status, findings } = supervise::supervise(mode, cmd, |scope| sweep.sweep(scope))?;
+    // The evidence is on disk before anything is printed or killed.
+    let mut problems = write_report(file, &findings.preview());
     // stdout belongs to the command; the verdict goes to stderr, which nextest shows on failure.
     let report = findings.reap();
+    problems.extend(write_report(file, &report));
     if !report.leaks.is_empty() || !report.unchecked.is_empty() {
         publish(&mut Out::stderr(), &report, "reapkit: the command left behind", "resource", Columns::Actions);
     }
+    stats_line(&mut Out::stderr(), &report, &what);
     github_annotations(&mut Out::stdout(), &report);
-    Ok(supervise::exit_code(status, &report))
+    for problem in &problems {
+        Out::stderr().line(&format!("reapkit: {problem}"));
+    }
+    let code = supervise::exit_code(status, &report);
+    Ok(if problems.is_empty() || code != EXIT_CLEAN { code } else { reapkit::sweep::EXIT_UNCHECKED })
 }
 
 /// Prints the outcome for people: one table row per leak, its action in the past tense once it
@@ -288,6 +309,14 @@ fn publish(out: &mut Out, report: &Report, heading: &str, thing: &str, columns: 
     }
     for line in &report.notes {
         out.line(&format!("reapkit: note: {}", evidence(line)));
+    }
+}
+
+/// The run's statistics in one line, if its guards logged any: `reapkit: run ci-17: 200 guards
+/// created, 3 failed to start, 197 torn down, 0 leaked, 2 escapees ended`.
+fn stats_line(out: &mut Out, report: &Report, what: &str) {
+    if let Some(stats) = &report.stats {
+        out.line(&format!("reapkit: {}: {}", evidence(what), stats.summary()));
     }
 }
 

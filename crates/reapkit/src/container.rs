@@ -150,7 +150,7 @@ impl ContainerBuilder {
         let limit = plan.ready_timeout + CALL_LIMIT;
         let result = engine.run(limit, "starting the container", move |docker| start_and_wait(docker, id, plan));
         // On error `container` drops and is removed: a failed start leaks nothing.
-        result.map(|()| container)
+        started(container, result)
     }
 
     /// Creates, starts and waits until ready; for `#[tokio::test]`s (any runtime flavour).
@@ -161,7 +161,7 @@ impl ContainerBuilder {
         let limit = plan.ready_timeout + CALL_LIMIT;
         let result =
             engine.run_async(limit, "starting the container", move |docker| start_and_wait(docker, id, plan)).await;
-        result.map(|()| container)
+        started(container, result)
     }
 
     fn create(self) -> Result<(Container, StartPlan)> {
@@ -425,7 +425,7 @@ impl Container {
     /// What teardown removes; marks the guard as handled so `Drop` does nothing more.
     fn removal(&mut self) -> Removal {
         self.removed = true;
-        registry::guard_dropped(&self.guard);
+        registry::guard_dropped(&self.guard, 0);
         Removal { id: self.id.clone(), networks: std::mem::take(&mut self.networks), stop: self.stop_timeout }
     }
 
@@ -545,6 +545,15 @@ async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<(
         Ok(Err(e)) => Err(e),
         Ok(Ok(false)) | Err(_) => Err(not_ready(&docker, &id, &waited_for, plan.ready_timeout).await),
     }
+}
+
+/// The started container, or the start's error (the container then drops and is removed),
+/// counted as a guard that failed to start.
+fn started(container: Container, result: Result<()>) -> Result<Container> {
+    if result.is_err() {
+        registry::guard_failed(&container.guard);
+    }
+    result.map(|()| container)
 }
 
 /// How long gathering the state and logs for a not-ready error may take on top of the deadline.

@@ -111,6 +111,7 @@ mod reexec;
 mod registry;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
+pub mod run_stats;
 pub mod scope;
 mod stderr_ring;
 pub mod supervise;
@@ -140,6 +141,7 @@ pub use process::{
 };
 pub use procfs::ProcId;
 pub use reapkit_macros::test;
+pub use run_stats::RunStats;
 pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
 pub use teardown::{EndedBy, Step, Teardown};
 pub use watchdog::DEFAULT_WATCHDOG_GRACE;

@@ -306,6 +306,7 @@ impl McpServer {
 
     /// Tears the server down and builds the startup error with its exit status and stderr.
     fn startup_failed(mut self, failure: Failure) -> Error {
+        crate::registry::guard_failed(self.guard.id());
         let reason = match failure {
             Failure::Timeout => {
                 "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into()

@@ -347,8 +347,13 @@ impl ProcessBuilder {
         };
         registry::guard_created(scope.as_ref(), live);
         if let Some((listen, deadline)) = listen {
-            // On error `guard` drops here: the tree is torn down.
-            guard.listener = Some(guard.await_listening(&listen, deadline, ready_timeout)?);
+            match guard.await_listening(&listen, deadline, ready_timeout) {
+                Ok(listener) => guard.listener = Some(listener),
+                Err(e) => {
+                    registry::guard_failed(guard.id());
+                    return Err(e); // `guard` drops here: the tree is torn down
+                }
+            }
         }
         Ok(guard)
     }
@@ -657,7 +662,7 @@ impl ProcessGuard {
             return report.clone();
         }
         let report = teardown::run(&mut self.tree);
-        registry::guard_dropped(&self.tree.id);
+        registry::guard_dropped(&self.tree.id, report.killed.len() + report.escapees.len());
         self.report = Some(report.clone());
         report
     }
@@ -682,7 +687,7 @@ pub fn shutdown_all(guards: impl IntoIterator<Item = ProcessGuard>) -> Vec<Teard
         guards.iter_mut().enumerate().filter(|(i, _)| pending.contains(i)).map(|(_, g)| &mut g.tree).collect();
     let reports = teardown::run_all(&mut trees);
     for (i, report) in pending.into_iter().zip(reports) {
-        registry::guard_dropped(&guards[i].tree.id);
+        registry::guard_dropped(&guards[i].tree.id, report.killed.len() + report.escapees.len());
         guards[i].report = Some(report);
     }
     guards.iter_mut().map(ProcessGuard::teardown).collect()

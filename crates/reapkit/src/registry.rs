@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::ownership;
+use crate::run_stats::{self, Event};
 
 /// What a test scope tells the guards created in it, and what they leave there.
 pub(crate) struct Slot {
@@ -220,6 +221,7 @@ pub(crate) fn listen(listener: Listener) {
 
 /// A guard now exists: the process's until [`guard_dropped`], and `attachment`'s slot's.
 pub(crate) fn guard_created(attachment: Option<&Attachment>, guard: LiveGuard) {
+    run_stats::note(Event::Up);
     let slot = attachment.map(|a| Arc::downgrade(&a.0));
     if let Some(a) = attachment {
         a.0.live.lock().unwrap_or_else(|p| p.into_inner()).push(guard.clone());
@@ -234,11 +236,21 @@ fn guards() -> std::sync::MutexGuard<'static, Vec<(LiveGuard, Option<std::sync::
     GUARDS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The guard `id` was dropped (or shut down): it is no longer anyone's concern.
-pub(crate) fn guard_dropped(id: &str) {
+/// The guard `id` existed but did not get ready (its handshake or readiness check failed);
+/// its drop follows.
+pub(crate) fn guard_failed(id: &str) {
+    if guards().iter().any(|(g, _)| g.id == id) {
+        run_stats::note(Event::Fail);
+    }
+}
+
+/// The guard `id` was dropped (or shut down), its teardown having ended `escapees`: it is no
+/// longer anyone's concern.
+pub(crate) fn guard_dropped(id: &str, escapees: usize) {
     let mut all = guards();
     if let Some(at) = all.iter().position(|(g, _)| g.id == id) {
         let (_, slot) = all.swap_remove(at);
+        run_stats::note(Event::End { escapees });
         if let Some(slot) = slot.and_then(|s| s.upgrade()) {
             slot.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| g.id != id);
         }
@@ -277,6 +289,7 @@ pub(crate) fn active_tests(also: &str) -> Vec<String> {
 /// A guard is about to create its resource, with its record in `ledger_dir` (and its
 /// container on `docker_host`): recorded in its slot, and told to the listeners.
 pub(crate) fn guard_starting(attachment: Option<&Attachment>, ledger_dir: &Path, docker_host: Option<&str>) {
+    run_stats::note(Event::Start);
     let to_tell: Vec<Listener> = listeners().clone();
     for listener in to_tell {
         listener(ledger_dir);

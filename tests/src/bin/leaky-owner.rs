@@ -16,6 +16,10 @@
 //! - `--forget`: forget the guards and exit 0 at once (a test that leaks and passes).
 //! - `--forget-on-eof`: wait for stdin to close, then forget the guards and exit (an owner that
 //!   dies without dropping them, at a moment the caller chooses).
+//! - `--workload`: a known mix for the run statistics, then exit 0: three fixtures shut down,
+//!   one whose child outlives it (one process ended besides the guarded one), one program that
+//!   does not exist, one MCP handshake answered with garbage, one `sleep` guard forgotten — 6
+//!   created, 2 failed to start, 5 torn down, 1 leaked, 1 ended besides the guarded ones.
 
 use std::io::BufRead;
 use std::process::Command;
@@ -23,6 +27,9 @@ use std::process::Command;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
+    if flag("--workload") {
+        return workload();
+    }
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let sleep = value("--sleep");
     let one_fixture = value("--fixture");
@@ -114,4 +121,25 @@ fn held_by_rmcp(builder: reapkit::ProcessBuilder) {
     let _ = std::io::stdin().lock().read_line(&mut String::new());
     drop(service);
     drop(runtime);
+}
+
+/// The `--workload` mix (see the module documentation).
+fn workload() {
+    let fixture_path = std::env::current_exe().expect("own path").with_file_name("fixture-server");
+    let fixture = |flags: &[&str]| {
+        let mut cmd = Command::new(&fixture_path);
+        cmd.args(flags);
+        cmd
+    };
+    for _ in 0..3 {
+        let report = reapkit::ProcessGuard::spawn(fixture(&[])).expect("spawns").shutdown();
+        assert!(report.is_clean(), "{report}");
+    }
+    let report = reapkit::ProcessGuard::spawn(fixture(&["--children", "1"])).expect("spawns").shutdown();
+    assert_eq!(report.killed.len() + report.escapees.len(), 1, "its child, ended after it: {report}");
+    assert!(reapkit::ProcessGuard::spawn(Command::new("/nonexistent/reapkit-workload")).is_err());
+    assert!(reapkit::ProcessGuard::builder(fixture(&["--garbage"])).mcp().start().is_err());
+    let mut sleep = Command::new("sleep");
+    sleep.arg("1000");
+    std::mem::forget(reapkit::ProcessGuard::spawn(sleep).expect("spawns"));
 }

@@ -48,6 +48,7 @@ pub(super) fn client_config(name: String) -> ClientConfig {
 
 /// Tears the server down first, then builds the startup error with its exit status and stderr.
 pub(super) async fn startup_failed(child: Arc<GuardedChild>, program: String, reason: String) -> Error {
+    crate::registry::guard_failed(ChildHandle::of(&child).id());
     let report = Arc::clone(&child).shutdown().await;
     Error::Startup { program, reason, status: report.status, stderr_tail: child.stderr_tail() }
 }

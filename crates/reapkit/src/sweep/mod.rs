@@ -39,6 +39,7 @@ use crate::ledger::{self, Record, Resource};
 use crate::member::Member;
 use crate::ownership::{self, ENV_GUARD};
 use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
+use crate::run_stats::{self, RunStats};
 use crate::{sys, teardown};
 
 pub(crate) use processes::{describe_holder, Markers};
@@ -191,7 +192,9 @@ impl Sweep {
             as_watchdog: self.as_watchdog,
             listing: self.scope == Scope::Everything,
             judge: Judge::new(self.scope.clone(), ownership::hostname()),
+            stats: None,
         };
+        f.stats = f.run().and_then(|(run_id, owner)| RunStats::read(&run_stats::dir(), &run_id, owner.as_ref()));
         if let Err(why) = Viewpoint::current().usable() {
             f.unchecked.push(format!("nothing was checked: {why}"));
             return f;
@@ -331,6 +334,8 @@ pub struct Findings {
     as_watchdog: bool,
     listing: bool,
     judge: Judge,
+    /// The statistics of the run (or test process) in scope, read before anything was done.
+    stats: Option<RunStats>,
 }
 
 /// A ledger record as read by `find`, with where it lives: kept so that acting on it needs no
@@ -395,7 +400,17 @@ impl Findings {
     /// sweep acts, so that the evidence survives whatever happens next.
     pub fn preview(&self) -> Report {
         let leaks = self.leaks.clone();
-        Report::new(true, leaks, self.unchecked.clone(), self.notes.clone())
+        Report::new(true, leaks, self.unchecked.clone(), self.notes.clone()).with_stats(self.stats)
+    }
+
+    /// The run whose statistics the report carries, and the one test process of it for
+    /// `reapkit wrap`: a scope of one run (or one test), not the whole machine.
+    fn run(&self) -> Option<(String, Option<OwnerId>)> {
+        match &self.judge.scope {
+            Scope::DeadOwners { run_id: Some(run_id) } | Scope::Run { run_id, .. } => Some((run_id.clone(), None)),
+            Scope::Wrapped { test } => Some((ownership::Owner::current().run_id.clone(), Some(test.clone()))),
+            _ => None,
+        }
     }
 
     /// The report without acting: every leak stays as it is (`--dry-run`, `ps`).
@@ -406,7 +421,7 @@ impl Findings {
                 leak.action = action.clone();
             }
         }
-        Report::new(true, self.leaks, self.unchecked, self.notes)
+        Report::new(true, self.leaks, self.unchecked, self.notes).with_stats(self.stats)
     }
 
     /// Ends every leak: processes by the guard's protocol (SIGTERM to all at once, grace,
@@ -437,7 +452,8 @@ impl Findings {
         #[cfg(feature = "docker")]
         docker::remove(&mut self.leaks, &self.targets, &mut self.unchecked);
         self.settle_records();
-        Report::new(false, self.leaks, self.unchecked, self.notes)
+        self.settle_run_logs();
+        Report::new(false, self.leaks, self.unchecked, self.notes).with_stats(self.stats)
     }
 
     /// Names `test` as the owner of leaks that carry no test name of their own (unmarked
@@ -474,6 +490,21 @@ impl Findings {
             } else {
                 self.notes.push(format!("reapkit watchdog pid {} survived SIGKILL", survivor.pid));
             }
+        }
+    }
+
+    /// The run logs a reap is done with: its own run's, once reported (`reap --run-id`, `run`;
+    /// not `wrap`, whose run goes on), and any a week old.
+    fn settle_run_logs(&self) {
+        if self.as_watchdog {
+            return;
+        }
+        let dir = run_stats::dir();
+        if let Some((run_id, None)) = self.run() {
+            run_stats::clear(&dir, &run_id);
+        }
+        if matches!(self.judge.scope, Scope::DeadOwners { .. }) {
+            run_stats::clear_older_than(&dir, Duration::from_secs(7 * 24 * 3600));
         }
     }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::escape::evidence;
 use crate::listening::Listener;
 use crate::procfs::ExeState;
+use crate::run_stats::RunStats;
 
 /// Nothing leaked (and everything could be checked).
 pub const EXIT_CLEAN: i32 = 0;
@@ -174,6 +175,9 @@ pub struct Report {
     /// Facts that are not failures (stale records cleared, engines not configured).
     pub notes: Vec<String>,
     pub exit_code: i32,
+    /// What the guards of the run in scope did (`reap --run-id`, `run`, `wrap`), if it logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<RunStats>,
 }
 
 impl Report {
@@ -185,10 +189,15 @@ impl Report {
         } else {
             EXIT_LEAKS
         };
-        Report { version: 1, dry_run, leaks, unchecked, notes, exit_code }
+        Report { version: 1, dry_run, leaks, unchecked, notes, exit_code, stats: None }
     }
 
     /// The report as one JSON object (`leaks`, `unchecked`, `notes`, `exit_code`).
+    pub(crate) fn with_stats(mut self, stats: Option<RunStats>) -> Report {
+        self.stats = stats;
+        self
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }

@@ -1,0 +1,252 @@
+//! Run statistics: how many guards a run created, failed to start, tore down and leaked, and
+//! how many escapees their teardowns ended — what the field's FD-leak fixes were measured by.
+//!
+//! Every test process of a run appends one short line per guard event to `<run id>.log` in
+//! this user's `runs` directory, beside the ledger index ([`dir`]; `O_APPEND`: one `write`
+//! each, atomic between the run's processes; about 10 µs). `reap --run-id`, `run` and `wrap` read it back into [`RunStats`].
+//! The file is read as hostile input like a record: a regular file of ours, opened
+//! non-blocking without following a symlink, at most [`MAX_LOG_BYTES`]; a line that does not
+//! parse is counted as malformed, never believed.
+//!
+//! Line format (version 1): `v1 <event> <owner id> [<escapees>]`, `<event>` one of `start` (a
+//! guard is about to create its resource), `up` (it exists), `fail` (it existed but did not
+//! get ready: handshake, listening), `end` (torn down, with the escapees it ended).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::identity::OwnerId;
+use crate::ownership;
+
+/// The most of one run's log read (about 200,000 events).
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
+/// A guard event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Start,
+    Up,
+    Fail,
+    End { escapees: usize },
+}
+
+/// What a run's guards did, as its log says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunStats {
+    /// Guards whose resource existed (a process spawned, a container created).
+    pub guards_created: u64,
+    /// Guards that never got ready: the spawn or create failed, or the handshake or readiness
+    /// check did.
+    pub failed_to_start: u64,
+    /// Guards torn down by their drop or shutdown.
+    pub torn_down: u64,
+    /// Guards created and never torn down (forgotten, in a static, or their test process
+    /// killed): what the watchdog, the scope or the sweep had to end.
+    pub leaked: u64,
+    /// Processes other than the guarded one that teardowns had to end: children still running
+    /// when their server had gone, and escapees found by the marker.
+    pub escapees_ended: u64,
+    /// Lines that did not parse (not reapkit's): ignored.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub malformed_lines: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RunStats {
+    /// The statistics of run `run_id` in the ledger directories `dirs`, of every owner or, with
+    /// `owner`, of that test process only. `None` when no directory has a log of the run.
+    /// The statistics of run `run_id` in the log directory `dir` ([`dir()`]), of every owner
+    /// or, with `owner`, of that test process only. `None` when the run left no log.
+    pub fn read(dir: &Path, run_id: &str, owner: Option<&OwnerId>) -> Option<RunStats> {
+        let text = read_log(&log_path(dir, run_id)?)?;
+        let owner = owner.map(ToString::to_string);
+        let mut stats = RunStats::default();
+        let (mut starts, mut ups) = (0u64, 0u64);
+        for line in text.lines() {
+            let Some((event, who)) = parse(line) else {
+                stats.malformed_lines += 1;
+                continue;
+            };
+            if owner.as_deref().is_some_and(|o| o != who) {
+                continue;
+            }
+            match event {
+                Event::Start => starts += 1,
+                Event::Up => ups += 1,
+                Event::Fail => stats.failed_to_start += 1,
+                Event::End { escapees } => {
+                    stats.torn_down += 1;
+                    stats.escapees_ended += escapees as u64;
+                }
+            }
+        }
+        stats.guards_created = ups;
+        stats.failed_to_start += starts.saturating_sub(ups);
+        stats.leaked = ups.saturating_sub(stats.torn_down);
+        Some(stats)
+    }
+
+    /// The one summary line: `200 guards created, 3 failed to start, 197 torn down, 0 leaked,
+    /// 2 escapees ended`.
+    pub fn summary(&self) -> String {
+        let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        format!(
+            "{}, {} failed to start, {} torn down, {} leaked, {}",
+            plural(self.guards_created, "guard created", "guards created"),
+            self.failed_to_start,
+            self.torn_down,
+            self.leaked,
+            plural(self.escapees_ended, "escapee ended", "escapees ended"),
+        )
+    }
+}
+
+/// This user's run logs: `runs/` beside the ledger index (`$XDG_STATE_HOME/reapkit/runs`).
+pub fn dir() -> PathBuf {
+    crate::ledger::index::path().with_file_name("runs")
+}
+
+/// Appends `event` of this process to its run's log. Best effort: statistics never fail a
+/// guard.
+pub(crate) fn note(event: Event) {
+    let owner = ownership::Owner::current();
+    let dir = dir();
+    let Some(path) = log_path(&dir, &owner.run_id) else { return };
+    let line = match event {
+        Event::Start => format!("v1 start {}\n", owner.id),
+        Event::Up => format!("v1 up {}\n", owner.id),
+        Event::Fail => format!("v1 fail {}\n", owner.id),
+        Event::End { escapees } => format!("v1 end {} {escapees}\n", owner.id),
+    };
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let file = open(&path).or_else(|_| {
+        std::fs::create_dir_all(&dir)?;
+        open(&path)
+    });
+    if let Ok(mut file) = file {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// Removes run `run_id`'s log from `dir` ([`dir()`]): the run is over and reported.
+pub fn clear(dir: &Path, run_id: &str) {
+    if let Some(path) = log_path(dir, run_id) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes the run logs in `dir` ([`dir()`]) not written to for `age`: runs long over, whose reap never
+/// came (a sweep without `--run-id` cannot tell which run is over).
+pub fn clear_older_than(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old && entry.file_name().to_string_lossy().ends_with(".log") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// `<dir>/<run id>.log`, for a run id that may name a file.
+fn log_path(dir: &Path, run_id: &str) -> Option<PathBuf> {
+    ownership::valid_id(run_id).then(|| dir.join(format!("{run_id}.log")))
+}
+
+/// The log at `path` if it is a regular file of ours: at most [`MAX_LOG_BYTES`] of it.
+fn read_log(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != crate::procfs::my_uid() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_LOG_BYTES).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// One line: its event and the owner id it names (checked).
+fn parse(line: &str) -> Option<(Event, &str)> {
+    let mut words = line.split(' ');
+    if words.next()? != "v1" {
+        return None;
+    }
+    let event = words.next()?;
+    let owner = words.next()?;
+    owner.parse::<OwnerId>().ok()?;
+    let event = match (event, words.next()) {
+        ("start", None) => Event::Start,
+        ("up", None) => Event::Up,
+        ("fail", None) => Event::Fail,
+        ("end", Some(n)) => Event::End { escapees: n.parse().ok()? },
+        _ => return None,
+    };
+    words.next().is_none().then_some((event, owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_a_runs_events_per_owner_and_ignores_what_is_not_reapkits() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = OwnerId::of_self().unwrap();
+        let other = "1:2:3:00000000-0000-4000-8000-000000000000";
+        let log = format!(
+            "v1 start {me}\nv1 up {me}\nv1 end {me} 2\nv1 start {me}\nv1 start {me}\nv1 up {me}\nv1 fail {me}\n\
+             v1 start {other}\nv1 up {other}\nv1 up {me} extra\nv2 up {me}\nv1 up ../../etc\n\u{1b}[31m\n"
+        );
+        std::fs::write(dir.path().join("r1.log"), log).unwrap();
+        let dir = dir.path();
+
+        let mine = RunStats::read(dir, "r1", Some(&me)).unwrap();
+        assert_eq!(
+            mine,
+            RunStats {
+                guards_created: 2,
+                failed_to_start: 2,
+                torn_down: 1,
+                leaked: 1,
+                escapees_ended: 2,
+                malformed_lines: 4
+            }
+        );
+        assert_eq!(RunStats::read(dir, "r1", None).unwrap().guards_created, 3);
+        assert_eq!(RunStats::read(dir, "r2", None), None);
+        assert_eq!(RunStats::read(dir, "../r1", None), None, "a run id that names another file");
+        assert_eq!(mine.summary(), "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended");
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link.log")).unwrap();
+        assert_eq!(RunStats::read(dir.path(), "fifo", None), None);
+        assert_eq!(RunStats::read(dir.path(), "link", None), None);
+    }
+}
