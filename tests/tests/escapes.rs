@@ -314,13 +314,17 @@ fn wait_gone(what: &str, ids: &[ProcId], context: &dyn Fn() -> String) {
                 .iter()
                 .map(|id| {
                     let stat = procfs::Stat::read(id.pid).ok();
+                    let read =
+                        |file: &str| std::fs::read_to_string(format!("/proc/{}/{file}", id.pid)).unwrap_or_default();
                     format!(
-                        "pid {} `{}` (parent {:?}, uid {:?}, state {:?})",
+                        "pid {} `{}` (parent {:?}, uid {:?}, state {:?}, in {} [syscall {}])",
                         id.pid,
                         procfs::cmdline(id.pid),
                         stat.map(|s| s.ppid),
                         procfs::owner_uid(id.pid).ok(),
-                        stat.map(|s| s.state as char)
+                        stat.map(|s| s.state as char),
+                        read("wchan"),
+                        read("syscall").trim()
                     )
                 })
                 .collect();
@@ -494,4 +498,46 @@ fn a_sweep_that_finds_a_keeper_by_its_marker_ends_its_tree_of_any_uid() {
     end_by_token(&decoy_token);
     drop(decoy);
     drop(guard.shutdown());
+}
+
+/// An owner that exits the moment its guard is spawned, while the keeper may still be starting
+/// (its SIGCHLDs of that time are lost): the keeper ends the tree at once, it never waits for a
+/// signal that already came. Ten times, since it is a matter of timing.
+#[test]
+#[serial]
+fn an_owner_gone_while_its_keeper_starts_still_has_its_tree_ended() {
+    reapkit::ownership::become_subreaper(); // the orphans' zombies come here, to be reaped
+    for _ in 0..10 {
+        let token = token();
+        let ledger = tempfile::tempdir().expect("a ledger");
+        let out = Command::new(fixture_path().with_file_name("leaky-owner"))
+            .args(["--fixture", &format!("--escape-clean-env {token}"), "--containment", "keeper", "--forget"])
+            .env("REAPKIT_LEDGER_DIR", ledger.path())
+            .env("REAPKIT_WATCHDOG_GRACE", "300ms")
+            .env_remove("REAPKIT_SUPERVISOR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the owner runs and exits");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let owner = line.split_whitespace().nth(1).expect("its ready line names the owner").to_owned();
+        let keeper = format!("REAPKIT_KEEPER={owner}");
+        wait_until("the keeper and everything of its tree are gone", || {
+            let left: Vec<ProcId> = reapkit::procfs::MarkerScan::new()
+                .find(&keeper)
+                .into_iter()
+                .chain(by_token(&token))
+                .filter(|id| !is_zombie(id.pid))
+                .collect();
+            left.is_empty().then_some(())
+        });
+        // The keeper, re-parented to us, is reaped by its pid in the guard's record.
+        let keepers = std::fs::read_dir(ledger.path()).into_iter().flatten().flatten().filter_map(|e| {
+            let record: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            record["contained"]["keeper"]["pid"].as_i64()
+        });
+        for pid in keepers {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+    }
 }

@@ -158,6 +158,9 @@ fn keep(owner: &str) -> i32 {
     let me = std::process::id() as i32;
     let Some(server) = procfs::children(me).into_iter().next() else { return 127 };
     let Ok(sigchld) = child_signals() else { return 127 };
+    // Gone already (`None`) if it died while this keeper was still starting: then the tree is
+    // ended at once, before any wait (the SIGCHLDs of that time are lost: nothing was blocking
+    // them yet, so a wait for one could last forever).
     let owner_fd = Member::open(owner.process);
     loop {
         reap_orphans(me, server);
@@ -166,16 +169,15 @@ fn keep(owner: &str) -> i32 {
                 return mirror(server, status);
             }
         }
-        let mut fds = vec![sigchld.as_fd()];
-        fds.extend(owner_fd.as_ref().map(|m| m.pidfd.as_fd()));
-        let ready = sys::wait_any_readable(&fds, sys::deadline_in(Duration::from_secs(3600)));
-        drain(&sigchld);
-        let owner_dead = owner_fd.is_none() || ready.contains(&1);
-        if owner_dead {
+        if owner_fd.as_ref().is_none_or(Member::has_exited) {
             end_tree(me, server, grace, &sigchld);
             let status = exited(server).unwrap_or(libc::SIGKILL);
             return mirror(server, status);
         }
+        let mut fds = vec![sigchld.as_fd()];
+        fds.extend(owner_fd.as_ref().map(|m| m.pidfd.as_fd()));
+        sys::wait_any_readable(&fds, sys::deadline_in(Duration::from_secs(3600)));
+        drain(&sigchld);
     }
 }
 
