@@ -62,12 +62,12 @@ impl RunStats {
     /// The statistics of run `run_id` in the ledger directories `dirs`, of every owner or, with
     /// `owner`, of that test process only. `None` when no directory has a log of the run.
     /// The statistics of run `run_id` in the log directory `dir` ([`dir()`]), of every owner
-    /// or, with `owner`, of that test process only. `None` when the run left no log.
+    /// or, with `owner`, of that test process only. `None` when it logged no guard event.
     pub fn read(dir: &Path, run_id: &str, owner: Option<&OwnerId>) -> Option<RunStats> {
         let text = read_log(&log_path(dir, run_id)?)?;
         let owner = owner.map(ToString::to_string);
         let mut stats = RunStats::default();
-        let (mut starts, mut ups) = (0u64, 0u64);
+        let (mut starts, mut ups, mut events) = (0u64, 0u64, 0u64);
         for line in text.lines() {
             let Some((event, who)) = parse(line) else {
                 stats.malformed_lines += 1;
@@ -76,6 +76,7 @@ impl RunStats {
             if owner.as_deref().is_some_and(|o| o != who) {
                 continue;
             }
+            events += 1;
             match event {
                 Event::Start => starts += 1,
                 Event::Up => ups += 1,
@@ -89,7 +90,7 @@ impl RunStats {
         stats.guards_created = ups;
         stats.failed_to_start += starts.saturating_sub(ups);
         stats.leaked = ups.saturating_sub(stats.torn_down);
-        Some(stats)
+        (events > 0).then_some(stats)
     }
 
     /// The one summary line: `200 guards created, 3 failed to start, 197 torn down, 0 leaked,
@@ -237,8 +238,16 @@ mod tests {
         );
         assert_eq!(RunStats::read(dir, "r1", None).unwrap().guards_created, 3);
         assert_eq!(RunStats::read(dir, "r2", None), None);
+        let idle = OwnerId::here(reapkit_self_parent());
+        assert_eq!(RunStats::read(dir, "r1", Some(&idle)), None, "a test process that made no guard");
         assert_eq!(RunStats::read(dir, "../r1", None), None, "a run id that names another file");
         assert_eq!(mine.summary(), "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended");
+    }
+
+    /// Our parent: a live process of this boot and namespace that logged nothing.
+    fn reapkit_self_parent() -> crate::ProcId {
+        let parent = crate::procfs::Stat::read(std::process::id() as i32).unwrap().ppid;
+        crate::ProcId::of(parent).unwrap()
     }
 
     #[test]
