@@ -167,6 +167,36 @@ pub fn clear_older_than(dir: &Path, age: std::time::Duration) {
     }
 }
 
+/// Removes the run logs in `dir` ([`dir()`]) of runs that are over: not written to for `idle`,
+/// and every test process that wrote to them provably gone. A sweep without `--run-id` (the CI
+/// step after the tests) cannot name the run, but it can see that no one of it is left.
+pub fn clear_finished(dir: &Path, idle: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut places = crate::identity::Namespaces::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let quiet = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if quiet.is_none_or(|q| q <= idle) || path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        let Some(text) = read_log(&path) else { continue };
+        let mut owners: Vec<&str> = text.lines().filter_map(parse).map(|(_, who)| who).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let gone = |o: &&str| {
+            o.parse::<OwnerId>().is_ok_and(|o| {
+                matches!(
+                    places.owner(&o),
+                    crate::identity::Whereabouts::Gone(_) | crate::identity::Whereabouts::OtherBoot
+                )
+            })
+        };
+        if owners.iter().all(gone) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// `<dir>/<run id>.log`, for a run id that may name a file.
 fn log_path(dir: &Path, run_id: &str) -> Option<PathBuf> {
     ownership::valid_id(run_id).then(|| dir.join(format!("{run_id}.log")))
@@ -242,6 +272,30 @@ mod tests {
         assert_eq!(RunStats::read(dir, "r1", Some(&idle)), None, "a test process that made no guard");
         assert_eq!(RunStats::read(dir, "../r1", None), None, "a run id that names another file");
         assert_eq!(mine.summary(), "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended");
+    }
+
+    #[test]
+    fn a_run_is_over_when_its_log_is_quiet_and_its_test_processes_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = OwnerId::of_self().unwrap();
+        let dead = crate::procfs::ProcId { pid: me.process.pid, start_time: me.process.start_time + 1 };
+        let dead = OwnerId { process: dead, ..me.clone() };
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write = |name: &str, owner: &OwnerId, old: bool| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("v1 start {owner}\nv1 up {owner}\n")).unwrap();
+            if old {
+                std::fs::File::options().write(true).open(&path).unwrap().set_modified(hour_ago).unwrap();
+            }
+            path
+        };
+        let over = write("over.log", &dead, true);
+        let running = write("running.log", &me, true);
+        let fresh = write("fresh.log", &dead, false);
+        clear_finished(dir.path(), std::time::Duration::from_secs(60));
+        assert!(!over.exists(), "quiet, and its one test process is gone");
+        assert!(running.exists(), "its test process lives");
+        assert!(fresh.exists(), "written to within the minute");
     }
 
     /// Our parent: a live process of this boot and namespace that logged nothing.

@@ -494,7 +494,7 @@ impl Findings {
     }
 
     /// The run logs a reap is done with: its own run's, once reported (`reap --run-id`, `run`;
-    /// not `wrap`, whose run goes on), and any a week old.
+    /// not `wrap`, whose run goes on), those of runs that are over, and any a week old.
     fn settle_run_logs(&self) {
         if self.as_watchdog {
             return;
@@ -504,6 +504,7 @@ impl Findings {
             run_stats::clear(&dir, &run_id);
         }
         if matches!(self.judge.scope, Scope::DeadOwners { .. }) {
+            run_stats::clear_finished(&dir, Duration::from_secs(60));
             run_stats::clear_older_than(&dir, Duration::from_secs(7 * 24 * 3600));
         }
     }
