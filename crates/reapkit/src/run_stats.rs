@@ -149,52 +149,37 @@ pub fn clear(dir: &Path, run_id: &str) {
     }
 }
 
-/// Removes the run logs in `dir` ([`dir()`]) not written to for `age`: runs long over, whose reap never
-/// came (a sweep without `--run-id` cannot tell which run is over).
-pub fn clear_older_than(dir: &Path, age: std::time::Duration) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|elapsed| elapsed > age);
-        if old && entry.file_name().to_string_lossy().ends_with(".log") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Removes the run logs in `dir` ([`dir()`]) of runs that are over: not written to for `idle`,
-/// and every test process that wrote to them provably gone. A sweep without `--run-id` (the CI
-/// step after the tests) cannot name the run, but it can see that no one of it is left.
-pub fn clear_finished(dir: &Path, idle: std::time::Duration) {
+/// Removes the run logs in `dir` ([`dir()`]) of runs that are over: not written to for `idle`
+/// and every test process that wrote to them provably gone, or not written to for `max_age` in
+/// any case. A sweep without `--run-id` (the CI step after the tests) cannot name the run, but
+/// it can see that no one of it is left.
+pub fn clear_ended(dir: &Path, idle: std::time::Duration, max_age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut places = crate::identity::Namespaces::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let quiet = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-        if quiet.is_none_or(|q| q <= idle) || path.extension().is_none_or(|x| x != "log") {
+        let meta = entry.metadata().ok().filter(|m| m.is_file());
+        let quiet = meta.and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        let Some(quiet) = quiet.filter(|q| *q > idle) else { continue };
+        if path.extension().is_none_or(|x| x != "log") {
             continue;
         }
-        let Some(text) = read_log(&path) else { continue };
-        let mut owners: Vec<&str> = text.lines().filter_map(parse).map(|(_, who)| who).collect();
-        owners.sort_unstable();
-        owners.dedup();
-        let gone = |o: &&str| {
-            o.parse::<OwnerId>().is_ok_and(|o| {
-                matches!(
-                    places.owner(&o),
-                    crate::identity::Whereabouts::Gone(_) | crate::identity::Whereabouts::OtherBoot
-                )
-            })
-        };
-        if owners.iter().all(gone) {
+        if quiet > max_age || all_owners_gone(&path, &mut places) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// Whether every test process that wrote the log at `path` is provably gone.
+fn all_owners_gone(path: &Path, places: &mut crate::identity::Namespaces) -> bool {
+    use crate::identity::Whereabouts;
+    let Some(text) = read_log(path) else { return false };
+    let mut owners: Vec<&str> = text.lines().filter_map(parse).map(|(_, who)| who).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    owners.iter().all(|o| {
+        o.parse::<OwnerId>().is_ok_and(|o| matches!(places.owner(&o), Whereabouts::Gone(_) | Whereabouts::OtherBoot))
+    })
 }
 
 /// `<dir>/<run id>.log`, for a run id that may name a file.
@@ -275,27 +260,30 @@ mod tests {
     }
 
     #[test]
-    fn a_run_is_over_when_its_log_is_quiet_and_its_test_processes_are_gone() {
+    fn a_run_is_over_when_its_log_is_quiet_and_its_test_processes_are_gone_or_it_is_a_week_old() {
         let dir = tempfile::tempdir().unwrap();
         let me = OwnerId::of_self().unwrap();
         let dead = crate::procfs::ProcId { pid: me.process.pid, start_time: me.process.start_time + 1 };
         let dead = OwnerId { process: dead, ..me.clone() };
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        let write = |name: &str, owner: &OwnerId, old: bool| {
+        let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
+        let write = |name: &str, owner: &OwnerId, written: Option<std::time::SystemTime>| {
             let path = dir.path().join(name);
             std::fs::write(&path, format!("v1 start {owner}\nv1 up {owner}\n")).unwrap();
-            if old {
-                std::fs::File::options().write(true).open(&path).unwrap().set_modified(hour_ago).unwrap();
+            if let Some(at) = written {
+                std::fs::File::options().write(true).open(&path).unwrap().set_modified(at).unwrap();
             }
             path
         };
-        let over = write("over.log", &dead, true);
-        let running = write("running.log", &me, true);
-        let fresh = write("fresh.log", &dead, false);
-        clear_finished(dir.path(), std::time::Duration::from_secs(60));
+        let over = write("over.log", &dead, Some(hour_ago));
+        let running = write("running.log", &me, Some(hour_ago));
+        let fresh = write("fresh.log", &dead, None);
+        let ancient = write("ancient.log", &me, Some(week_ago));
+        clear_ended(dir.path(), std::time::Duration::from_secs(60), std::time::Duration::from_secs(7 * 24 * 3600));
         assert!(!over.exists(), "quiet, and its one test process is gone");
         assert!(running.exists(), "its test process lives");
         assert!(fresh.exists(), "written to within the minute");
+        assert!(!ancient.exists(), "over a week quiet, whoever wrote it");
     }
 
     /// Our parent: a live process of this boot and namespace that logged nothing.

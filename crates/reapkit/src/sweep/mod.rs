@@ -504,8 +504,7 @@ impl Findings {
             run_stats::clear(&dir, &run_id);
         }
         if matches!(self.judge.scope, Scope::DeadOwners { .. }) {
-            run_stats::clear_finished(&dir, Duration::from_secs(60));
-            run_stats::clear_older_than(&dir, Duration::from_secs(7 * 24 * 3600));
+            run_stats::clear_ended(&dir, Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
         }
     }
 
