@@ -178,12 +178,17 @@ impl GuardCgroup {
     /// names it after exit, until it is reaped.
     pub(crate) fn had(&self, pid: i32) -> bool {
         let Ok(h) = hierarchy() else { return false };
-        let Ok(line) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
-        let Some(path) = line.lines().find_map(|l| l.strip_prefix("0::")) else { return false };
+        let Some(path) = cgroup_of(pid) else { return false };
         let Ok(relative) = self.dir.strip_prefix(&h.mount) else { return false };
         let ours = Path::new("/").join(relative);
-        Path::new(path).starts_with(&ours)
+        Path::new(&path).starts_with(&ours)
     }
+}
+
+/// The cgroup2 path of `pid` (`/a/b`, relative to the mount's root), from `/proc/<pid>/cgroup`.
+pub(crate) fn cgroup_of(pid: i32) -> Option<String> {
+    let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    lines.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {

@@ -216,9 +216,8 @@ fn reapkit_markers(pid: i32) -> Option<(Markers, String)> {
 
 /// The guard id of the reapkit cgroup `pid` is in, if it is in one.
 fn reapkit_cgroup_guard(pid: i32) -> Option<String> {
-    let line = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = line.lines().find_map(|l| l.strip_prefix("0::"))?;
-    path.split('/')
+    crate::containment::cgroup::cgroup_of(pid)?
+        .split('/')
         .rev()
         .find_map(|part| part.strip_prefix(crate::containment::cgroup::PREFIX))
         .filter(|g| ownership::valid_id(g))
