@@ -27,19 +27,44 @@ impl McpBuilder {
         let program = process.program();
         let transport = ChildTransport::spawn(process)?;
         let child = transport.guarded();
-        // Pinned here, not moved into the timeout: on failure the transport inside is dropped
-        // only after the teardown ran on its own thread, so the runtime never blocks on it.
-        let mut handshake = pin!(client_config(client_name).serve(transport));
-        match tokio::time::timeout(startup_timeout, handshake.as_mut()).await {
-            Ok(Ok(service)) => Ok(McpClient { service, child, request_timeout, program, url: None }),
-            Ok(Err(e)) => Err(startup_failed(child, program, format!("rmcp's handshake failed: {e}")).await),
-            Err(_) => Err(startup_failed(child, program, NO_INITIALIZE_ANSWER.into()).await),
-        }
+        let handshake = client_config(client_name).serve(transport);
+        let started = Started { child, program, request_timeout, url: None };
+        started.handshake(handshake, startup_timeout).await
     }
 }
 
-pub(super) const NO_INITIALIZE_ANSWER: &str =
-    "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)";
+/// A guarded server that is up, before rmcp's handshake with it.
+pub(super) struct Started {
+    pub(super) child: Arc<GuardedChild>,
+    pub(super) program: String,
+    pub(super) request_timeout: Duration,
+    /// Where it is spoken to, for a server over Streamable HTTP.
+    pub(super) url: Option<String>,
+}
+
+impl Started {
+    /// The client once `handshake` (rmcp's `serve`) completes within `timeout`; else the
+    /// startup error, the server torn down first.
+    pub(super) async fn handshake<E: std::fmt::Display>(
+        self,
+        handshake: impl std::future::Future<Output = std::result::Result<RunningService<RoleClient, ClientConfig>, E>>,
+        timeout: Duration,
+    ) -> Result<McpClient> {
+        // Pinned here, not moved into the timeout: on failure the transport inside is dropped
+        // only after the teardown ran on its own thread, so the runtime never blocks on it.
+        let mut handshake = pin!(handshake);
+        let Started { child, program, request_timeout, url } = self;
+        let reason = match tokio::time::timeout(timeout, handshake.as_mut()).await {
+            Ok(Ok(service)) => return Ok(McpClient { service, child, request_timeout, program, url }),
+            Ok(Err(e)) => match &url {
+                Some(url) => format!("rmcp's handshake over HTTP at {url} failed: {e}"),
+                None => format!("rmcp's handshake failed: {e}"),
+            },
+            Err(_) => "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into(),
+        };
+        Err(startup_failed(child, program, reason).await)
+    }
+}
 
 /// What reapkit's client says of itself in `initialize`.
 pub(super) fn client_config(name: String) -> ClientConfig {
@@ -68,12 +93,12 @@ pub(super) async fn startup_failed(child: Arc<GuardedChild>, program: String, re
 /// timeout and reapkit's errors. Ending it: [`shutdown`](Self::shutdown) awaits the teardown
 /// without blocking the runtime; `Drop` runs it synchronously, in any runtime or none.
 pub struct McpClient {
-    pub(super) service: RunningService<RoleClient, ClientConfig>,
-    pub(super) child: Arc<GuardedChild>,
-    pub(super) request_timeout: Duration,
-    pub(super) program: String,
+    service: RunningService<RoleClient, ClientConfig>,
+    child: Arc<GuardedChild>,
+    request_timeout: Duration,
+    program: String,
     /// Where it is spoken to, for a server over Streamable HTTP.
-    pub(super) url: Option<String>,
+    url: Option<String>,
 }
 
 impl McpClient {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use ::rmcp::transport::StreamableHttpClientTransport;
 use ::rmcp::ServiceExt;
 
-use super::client::{client_config, startup_failed, McpClient, NO_INITIALIZE_ANSWER};
+use super::client::{client_config, startup_failed, McpClient, Started};
 use super::transport::GuardedChild;
 use crate::error::Result;
 use crate::listening::{ListenAddr, Listener};
@@ -43,7 +43,7 @@ impl McpBuilder {
     pub async fn serve_http(self, path: &str) -> Result<McpClient> {
         let (process, startup_timeout, request_timeout, client_name) = self.into_parts();
         let program = process.program();
-        let started = Instant::now();
+        let since = Instant::now();
         let process = process.for_http(startup_timeout);
         let guard = crate::offload::offload(move || process.spawn())
             .await
@@ -55,14 +55,9 @@ impl McpBuilder {
             return Err(startup_failed(child, program, reason).await);
         };
         let transport = StreamableHttpClientTransport::from_uri(url.clone());
-        let remaining = startup_timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(remaining, client_config(client_name).serve(transport)).await {
-            Ok(Ok(service)) => Ok(McpClient { service, child, request_timeout, program, url: Some(url) }),
-            Ok(Err(e)) => {
-                Err(startup_failed(child, program, format!("rmcp's handshake over HTTP at {url} failed: {e}")).await)
-            }
-            Err(_) => Err(startup_failed(child, program, NO_INITIALIZE_ANSWER.into()).await),
-        }
+        let remaining = startup_timeout.saturating_sub(since.elapsed());
+        let handshake = client_config(client_name).serve(transport);
+        Started { child, program, request_timeout, url: Some(url) }.handshake(handshake, remaining).await
     }
 }
 
