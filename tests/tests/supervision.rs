@@ -201,15 +201,7 @@ fn wrap_fails_exactly_the_test_that_leaked_and_reaps_it() {
     let ledger = tempfile::tempdir().expect("tempdir");
     let run_id = format!("wrap-{}", uuid());
     let leaky = leaky_command(&["--forget"], &run_id, ledger.path());
-    let out = reapkit_cli()
-        .arg("wrap")
-        .arg(leaky.get_program())
-        .args(leaky.get_args())
-        .envs(leaky.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .env_remove("REAPKIT_SUPERVISOR")
-        .stdin(Stdio::null())
-        .output()
-        .expect("reapkit wrap runs");
+    let out = supervised(&["wrap"], &leaky);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a passing test that leaked fails:\n{stderr}");
     assert!(stderr.contains(LEAKY_TEST), "the report names the test:\n{stderr}");
@@ -223,6 +215,20 @@ fn wrap_fails_exactly_the_test_that_leaked_and_reaps_it() {
     let marked = MarkerScan::new().find_matching(|env| has(env, &format!("REAPKIT_OWNER={owner}")));
     assert!(marked.is_empty(), "nothing of the test (watchdog included) is left: {marked:?}");
     assert!(std::fs::read_dir(ledger.path()).expect("ledger").next().is_none(), "its records are cleared");
+}
+
+/// Runs `reapkit <args> <leaky>` to its end: the leaky test process under a supervisor, with
+/// its environment (and not the supervisor of the test running this).
+fn supervised(args: &[&str], leaky: &Command) -> std::process::Output {
+    reapkit_cli()
+        .args(args)
+        .arg(leaky.get_program())
+        .args(leaky.get_args())
+        .envs(leaky.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("REAPKIT_SUPERVISOR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("reapkit runs")
 }
 
 fn read_ready_from(stdout: &[u8]) -> (String, Option<String>) {
@@ -321,19 +327,12 @@ fn the_run_report_counts_what_the_runs_guards_did() {
         let run_id = format!("stats-{mode}-{}", uuid());
         let report = files.path().join(format!("{mode}.json"));
         let leaky = leaky_command(&["--workload"], &run_id, ledger.path());
-        let mut cmd = reapkit_cli();
-        cmd.args([mode, "--no-docker", "--grace", "200ms", "--report"]).arg(&report);
+        let report_arg = report.to_str().expect("a UTF-8 path");
+        let mut args = vec![mode, "--no-docker", "--grace", "200ms", "--report", report_arg];
         if mode == "run" {
-            cmd.args(["--run-id", &run_id, "--"]);
+            args.extend(["--run-id", &run_id, "--"]);
         }
-        let out = cmd
-            .arg(leaky.get_program())
-            .args(leaky.get_args())
-            .envs(leaky.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .env_remove("REAPKIT_SUPERVISOR")
-            .stdin(Stdio::null())
-            .output()
-            .expect("reapkit runs");
+        let out = supervised(&args, &leaky);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "the forgotten guard is a leak:\n{stderr}");
         let json: serde_json::Value =
