@@ -45,7 +45,7 @@ const CALL_LIMIT: Duration = Duration::from_secs(60);
 const LOG_TAIL: usize = 4096;
 
 /// When a started container counts as ready.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Ready {
     /// As soon as the engine has started it (no extra round trip).
     Running,
@@ -56,8 +56,9 @@ pub enum Ready {
     Exec(Vec<String>),
 }
 
-/// Builds a [`Container`]: `Container::builder("image").cmd([...]).start()`.
-#[derive(Debug, Clone)]
+/// Builds a [`Container`]: `Container::builder("image").cmd([...]).start()`. It serializes
+/// (a shared fixture's keeper is told one), all but where it was created.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContainerBuilder {
     image: String,
     cmd: Option<Vec<String>>,
@@ -72,10 +73,21 @@ pub struct ContainerBuilder {
     docker_host: Option<String>,
     ledger_dir: Option<std::path::PathBuf>,
     /// Where the test asked for it: the guard's creation site in reports.
+    #[serde(skip, default = "here")]
     created_at: &'static std::panic::Location<'static>,
 }
 
+/// Where a deserialized builder was rebuilt: a keeper's, not a test's, line.
+fn here() -> &'static std::panic::Location<'static> {
+    std::panic::Location::caller()
+}
+
 impl ContainerBuilder {
+    /// Its environment, `KEY=value` each.
+    pub(crate) fn env_vars(&self) -> &[String] {
+        &self.env
+    }
+
     /// The command to run instead of the image's default.
     pub fn cmd<I: IntoIterator<Item = S>, S: Into<String>>(mut self, cmd: I) -> Self {
         self.cmd = Some(cmd.into_iter().map(Into::into).collect());

@@ -111,6 +111,13 @@ pub enum Error {
     )]
     NotListening { program: String, wanted: String, timeout: std::time::Duration, reason: String, stderr_tail: String },
 
+    /// A shared fixture could not be started or attached to.
+    #[error(
+        "shared fixture `{name}` is not available: {reason}{}",
+        log.as_ref().map_or_else(String::new, |l| format!(". Its keeper's log: {}", l.display()))
+    )]
+    Shared { name: String, reason: String, log: Option<PathBuf> },
+
     /// An I/O error talking to a guarded process.
     #[error("{context}: {source}{}", fd_limit_hint(source).map_or_else(String::new, |h| format!(". {h}")))]
     Io { context: String, source: std::io::Error },

@@ -113,6 +113,7 @@ mod registry;
 pub mod rmcp;
 pub mod run_stats;
 pub mod scope;
+pub mod shared;
 mod stderr_ring;
 pub mod supervise;
 pub mod sweep;
@@ -143,6 +144,7 @@ pub use procfs::ProcId;
 pub use reapkit_macros::test;
 pub use run_stats::RunStats;
 pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
+pub use shared::{FixtureInfo, Shared, SharedFixture};
 pub use teardown::{EndedBy, Step, Teardown};
 pub use watchdog::DEFAULT_WATCHDOG_GRACE;
 

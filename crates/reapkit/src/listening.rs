@@ -20,7 +20,7 @@ use crate::fd_snapshot::{FdKind, FdSnapshot};
 pub const MAX_TABLE_BYTES: u64 = 8 << 20;
 
 /// A listening socket, with the process that holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Listener {
     /// A process with the socket open (the first found, when several share it).
     pub pid: i32,
@@ -29,7 +29,7 @@ pub struct Listener {
 }
 
 /// Where a socket listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "family", rename_all = "lowercase")]
 pub enum ListenAddr {
     /// A TCP socket in `LISTEN` state, IPv4 or IPv6.
@@ -65,7 +65,7 @@ impl std::fmt::Display for Listener {
 
 /// What a guard waits for before its `spawn` returns: its tree listening
 /// ([`ProcessBuilder::listen`](crate::ProcessBuilder::listen)).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Listen {
     /// A TCP socket on this port, on any address; `Tcp(0)`: on any port (the server chose one,
     /// whatever it logs).

@@ -155,6 +155,15 @@ pub fn supervisor() -> Option<OwnerId> {
     std::env::var(ENV_SUPERVISOR).ok()?.parse().ok()
 }
 
+/// The supervisor (`reapkit wrap`/`run`) named in our environment, if it is our parent: only
+/// then is it ours (our death its business, our run its parent's). Nested test processes
+/// inherit the variable but not the role.
+pub(crate) fn direct_supervisor() -> Option<OwnerId> {
+    let named = supervisor()?;
+    let parent = crate::procfs::Stat::read(std::process::id() as i32).ok()?.ppid;
+    (ProcId::of(parent).map(OwnerId::here) == Some(named.clone())).then_some(named)
+}
+
 /// Makes this process the child subreaper for its descendants, once.
 ///
 /// A grandchild that double-forks or `setsid`s away is then re-parented to us instead of

@@ -3,6 +3,7 @@
 //!
 //! - `REAPKIT_WATCHDOG_OWNER` set: the process is a watchdog ([`crate::watchdog`]).
 //! - `REAPKIT_KEEPER` set: the process is a keeper ([`crate::containment::keeper`]).
+//! - `REAPKIT_SHARED_SPEC` set: the process keeps a shared fixture ([`crate::shared`]).
 //! - neither: an ordinary process, where the watchdog listens for the first guard of each
 //!   ledger directory ([`crate::registry::listen`]), and the children and descriptors it starts
 //!   with are noted (`scope::unpinned`: what a `cargo test` run leaked, no test can be blamed for).
@@ -12,6 +13,7 @@
 
 use crate::containment::keeper::{self, ENV_KEEPER};
 use crate::ownership::ENV_WATCHDOG_OWNER;
+use crate::shared::ENV_SHARED_SPEC;
 
 #[ctor::ctor(unsafe)]
 fn entry() {
@@ -20,6 +22,11 @@ fn entry() {
     }
     if let Some(owner) = std::env::var_os(ENV_KEEPER) {
         keeper::run(&owner.to_string_lossy());
+    }
+    if let Some(spec) = std::env::var_os(ENV_SHARED_SPEC) {
+        // Its fixture's guard gets a watchdog, like any test process's first guard.
+        crate::registry::listen(crate::watchdog::ensure);
+        crate::shared::keeper_main(spec);
     }
     crate::registry::listen(crate::watchdog::ensure);
     // What the process has before any test runs: what a shared test scope compares against.

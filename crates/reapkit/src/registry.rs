@@ -222,6 +222,12 @@ pub(crate) fn listen(listener: Listener) {
 /// A guard now exists: the process's until [`guard_dropped`], and `attachment`'s slot's.
 pub(crate) fn guard_created(attachment: Option<&Attachment>, guard: LiveGuard) {
     run_stats::note(Event::Up);
+    lease_created(attachment, guard);
+}
+
+/// A lease on a shared fixture now exists: held like a guard (its descriptor is reapkit's, and
+/// one that outlives its test is reported), but not counted among the run's guards.
+pub(crate) fn lease_created(attachment: Option<&Attachment>, guard: LiveGuard) {
     let slot = attachment.map(|a| Arc::downgrade(&a.0));
     if let Some(a) = attachment {
         a.0.live.lock().unwrap_or_else(|p| p.into_inner()).push(guard.clone());
@@ -247,29 +253,45 @@ pub(crate) fn guard_failed(id: &str) {
 /// The guard `id` was dropped (or shut down), its teardown having ended `escapees`: it is no
 /// longer anyone's concern.
 pub(crate) fn guard_dropped(id: &str, escapees: usize) {
-    let mut all = guards();
-    if let Some(at) = all.iter().position(|(g, _)| g.id == id) {
-        let (_, slot) = all.swap_remove(at);
+    if forget(id) {
         run_stats::note(Event::End { escapees });
-        if let Some(slot) = slot.and_then(|s| s.upgrade()) {
-            slot.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| g.id != id);
-        }
     }
+}
+
+/// The lease `id` ended.
+pub(crate) fn lease_dropped(id: &str) {
+    forget(id);
+}
+
+/// Removes `id` from the live guards and its slot; whether it was there.
+fn forget(id: &str) -> bool {
+    let mut all = guards();
+    let Some(at) = all.iter().position(|(g, _)| g.id == id) else { return false };
+    let (_, slot) = all.swap_remove(at);
+    if let Some(slot) = slot.and_then(|s| s.upgrade()) {
+        slot.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|g| g.id != id);
+    }
+    true
 }
 
 /// reapkit's own children that are no test's leak: live guards' direct children (servers,
 /// keepers) and the watchdogs.
 static GUARDIANS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
-/// Notes that `pid` is one of reapkit's own helpers (a watchdog).
+/// Notes that `pid` is one of reapkit's own helpers (a watchdog, a fixture keeper).
 pub(crate) fn note_guardian(pid: i32) {
     GUARDIANS.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
 }
 
-/// Whether the child `pid` is reapkit's: a live guard's, or a watchdog.
+/// Whether the child `pid` is one of reapkit's own helpers: a watchdog, or a shared fixture's
+/// keeper (adopted by this process when it is a subreaper).
+pub(crate) fn is_guardian(pid: i32) -> bool {
+    GUARDIANS.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
+}
+
+/// Whether the child `pid` is reapkit's: a live guard's, or a guardian.
 pub(crate) fn is_ours(pid: i32) -> bool {
-    guards().iter().any(|(g, _)| g.child == Some(pid))
-        || GUARDIANS.lock().unwrap_or_else(|p| p.into_inner()).contains(&pid)
+    guards().iter().any(|(g, _)| g.child == Some(pid)) || is_guardian(pid)
 }
 
 /// Whether a live guard holds descriptor `fd`, which points at `target`.

@@ -10,7 +10,9 @@
 //!
 //! Line format (version 1): `v1 <event> <owner id> [<escapees>]`, `<event>` one of `start` (a
 //! guard is about to create its resource), `up` (it exists), `fail` (it existed but did not
-//! get ready: handshake, listening), `end` (torn down, with the escapees it ended).
+//! get ready: handshake, listening), `end` (torn down, with the escapees it ended),
+//! `shared-start` (a keeper started a shared fixture), `shared-reuse` (a test attached to one
+//! already running).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -30,7 +32,13 @@ pub(crate) enum Event {
     Start,
     Up,
     Fail,
-    End { escapees: usize },
+    End {
+        escapees: usize,
+    },
+    /// A fixture keeper started its shared fixture.
+    SharedStarted,
+    /// A test attached to a shared fixture that was already running.
+    SharedReused,
 }
 
 /// What a run's guards did, as its log says.
@@ -49,6 +57,10 @@ pub struct RunStats {
     /// Processes other than the guarded one that teardowns had to end: children still running
     /// when their server had gone, and escapees found by the marker.
     pub escapees_ended: u64,
+    /// Shared fixtures started by the run's keepers ([`Shared`](crate::Shared)).
+    pub shared_started: u64,
+    /// Attaches to a shared fixture that was already running: starts the run saved.
+    pub shared_reused: u64,
     /// Lines that did not parse (not reapkit's): ignored.
     #[serde(skip_serializing_if = "is_zero")]
     pub malformed_lines: u64,
@@ -85,6 +97,8 @@ impl RunStats {
                     stats.torn_down += 1;
                     stats.escapees_ended += escapees as u64;
                 }
+                Event::SharedStarted => stats.shared_started += 1,
+                Event::SharedReused => stats.shared_reused += 1,
             }
         }
         stats.guards_created = ups;
@@ -94,11 +108,17 @@ impl RunStats {
     }
 
     /// The one summary line: `200 guards created, 3 failed to start, 197 torn down, 0 leaked,
-    /// 2 escapees ended`.
+    /// 2 escapees ended`, and `; 2 shared fixtures started, 38 reused` if the run had any.
     pub fn summary(&self) -> String {
         let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let shared = match (self.shared_started, self.shared_reused) {
+            (0, 0) => String::new(),
+            (started, reused) => {
+                format!("; {} started, {reused} reused", plural(started, "shared fixture", "shared fixtures"))
+            }
+        };
         format!(
-            "{}, {} failed to start, {} torn down, {} leaked, {}",
+            "{}, {} failed to start, {} torn down, {} leaked, {}{shared}",
             plural(self.guards_created, "guard created", "guards created"),
             self.failed_to_start,
             self.torn_down,
@@ -124,6 +144,8 @@ pub(crate) fn note(event: Event) {
         Event::Up => format!("v1 up {}\n", owner.id),
         Event::Fail => format!("v1 fail {}\n", owner.id),
         Event::End { escapees } => format!("v1 end {} {escapees}\n", owner.id),
+        Event::SharedStarted => format!("v1 shared-start {}\n", owner.id),
+        Event::SharedReused => format!("v1 shared-reuse {}\n", owner.id),
     };
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
@@ -218,6 +240,8 @@ fn parse(line: &str) -> Option<(Event, &str)> {
         ("up", None) => Event::Up,
         ("fail", None) => Event::Fail,
         ("end", Some(n)) => Event::End { escapees: n.parse().ok()? },
+        ("shared-start", None) => Event::SharedStarted,
+        ("shared-reuse", None) => Event::SharedReused,
         _ => return None,
     };
     words.next().is_none().then_some((event, owner))
@@ -234,6 +258,7 @@ mod tests {
         let other = "1:2:3:00000000-0000-4000-8000-000000000000";
         let log = format!(
             "v1 start {me}\nv1 up {me}\nv1 end {me} 2\nv1 start {me}\nv1 start {me}\nv1 up {me}\nv1 fail {me}\n\
+             v1 shared-start {me}\nv1 shared-reuse {me}\nv1 shared-reuse {me}\nv1 shared-reuse {me} 1\n\
              v1 start {other}\nv1 up {other}\nv1 up {me} extra\nv2 up {me}\nv1 up ../../etc\n\u{1b}[31m\n"
         );
         std::fs::write(dir.path().join("r1.log"), log).unwrap();
@@ -248,7 +273,9 @@ mod tests {
                 torn_down: 1,
                 leaked: 1,
                 escapees_ended: 2,
-                malformed_lines: 4
+                shared_started: 1,
+                shared_reused: 2,
+                malformed_lines: 5
             }
         );
         assert_eq!(RunStats::read(dir, "r1", None).unwrap().guards_created, 3);
@@ -256,7 +283,11 @@ mod tests {
         let idle = OwnerId::here(reapkit_self_parent());
         assert_eq!(RunStats::read(dir, "r1", Some(&idle)), None, "a test process that made no guard");
         assert_eq!(RunStats::read(dir, "../r1", None), None, "a run id that names another file");
-        assert_eq!(mine.summary(), "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended");
+        assert_eq!(
+            mine.summary(),
+            "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended; 1 shared fixture started, \
+             2 reused"
+        );
     }
 
     #[test]

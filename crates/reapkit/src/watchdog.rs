@@ -29,7 +29,7 @@ use crate::ownership::{
     Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
-use crate::procfs::{ProcId, Stat};
+use crate::procfs::ProcId;
 use crate::sweep::{DockerCheck, Scope, Sweep};
 use crate::sys;
 
@@ -74,12 +74,6 @@ pub(crate) fn ensure(ledger_dir: &Path) {
     }
 }
 
-/// Whether `pid` is a watchdog this process started: a child of the test process that is
-/// not the test's. By pid, not by its environment, which reads empty while it is still in exec.
-pub(crate) fn is_watchdog(pid: i32) -> bool {
-    started().iter().any(|(_, p)| *p == pid)
-}
-
 fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     let owner = Owner::current();
     let mut cmd = Command::new("/proc/self/exe");
@@ -94,7 +88,7 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    match direct_supervisor() {
+    match crate::ownership::direct_supervisor() {
         Some(supervisor) => cmd.env(ENV_SUPERVISOR, supervisor.to_string()),
         None => cmd.env_remove(ENV_SUPERVISOR),
     };
@@ -104,14 +98,6 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     }
     // Never waited for: it outlives this process by design, then exits on its own.
     cmd.spawn().map(|child| child.id() as i32)
-}
-
-/// The supervisor (`reapkit wrap`/`run`) named in our environment, if it is our parent: only
-/// then is our death its business. Nested test processes inherit the variable but not the role.
-fn direct_supervisor() -> Option<OwnerId> {
-    let named = crate::ownership::supervisor()?;
-    let parent = Stat::read(std::process::id() as i32).ok()?.ppid;
-    (ProcId::of(parent).map(OwnerId::here) == Some(named.clone())).then_some(named)
 }
 
 /// The watchdog's `main` (see [`crate::reexec`]): waits for its owner's death, then reaps.

@@ -448,7 +448,7 @@ impl TestScope {
     fn check_children(&self, report: &mut LeakReport) {
         let new: Vec<Member> = procfs::children(std::process::id() as i32)
             .into_iter()
-            .filter(|pid| !self.children.contains(pid) && !crate::watchdog::is_watchdog(*pid))
+            .filter(|pid| !self.children.contains(pid) && !crate::registry::is_guardian(*pid))
             .filter_map(ProcId::of)
             .filter_map(Member::open)
             .filter(|m| !m.has_exited())

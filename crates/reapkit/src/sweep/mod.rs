@@ -231,6 +231,10 @@ impl Sweep {
         let me = ProcId::of(std::process::id() as i32);
         if let (true, Some(me)) = (self.scope.supervises(), me) {
             f.judge.tree = procfs::descendants(me.pid).iter().map(|d| d.pid).collect();
+            if let Scope::Wrapped { .. } = self.scope {
+                f.judge.spared = f.judge.live_shared_fixtures();
+                f.judge.tree.retain(|pid| !f.judge.spared.contains(pid));
+            }
         }
         let mut scan = MarkerScan::new();
         let mut marked = scan.scan(|_, environ| Markers::parse(environ));
@@ -292,7 +296,7 @@ impl Sweep {
     fn wait_for_watchdogs(&self, marked: &[(ProcId, Markers)], judge: &mut Judge) -> bool {
         let mut working: Vec<Member> = Vec::new();
         for (id, m) in marked {
-            let Some(owner) = m.watchdog_of.as_ref().filter(|_| m.malformed.is_none()) else { continue };
+            let Some(owner) = m.guardian_of().filter(|_| m.malformed.is_none()) else { continue };
             let in_scope = match &self.scope {
                 Scope::Run { .. } => judge.tree.contains(&id.pid),
                 _ => matches!(judge.verdict(&Claim { owner: Some(owner), ..m.claim() }), Verdict::Take(_)),
@@ -505,6 +509,7 @@ impl Findings {
         }
         if matches!(self.judge.scope, Scope::DeadOwners { .. }) {
             run_stats::clear_ended(&dir, Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
+            crate::shared::clear_stale(&self.ledger_dir.join("shared"), Duration::from_secs(3600));
         }
     }
 
@@ -633,12 +638,19 @@ impl Findings {
 
     fn push_descendants_found_by(&mut self, root: ProcId, inherited: &Markers, found_by: FoundBy, any_uid: bool) {
         for d in procfs::descendants(root.pid) {
+            if self.judge.spared.contains(&d.pid) {
+                continue;
+            }
             if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || !(any_uid || procfs::is_ours(d.pid)) {
                 continue;
             }
             let own = processes::markers_of(d.pid);
             if own.is_watchdog() && own.malformed.is_none() {
-                self.watchdogs.push(d);
+                // The root's own watchdog (a shared fixture keeper's) cleans up after the root
+                // once it is ended — its guards' records, cgroups, containers: left to it.
+                if own.watchdog_of.as_ref().map(|o| o.process) != Some(root) {
+                    self.watchdogs.push(d);
+                }
                 continue;
             }
             let usable = own.malformed.is_none() && own != Markers::default();

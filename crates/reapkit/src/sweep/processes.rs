@@ -5,6 +5,7 @@ use crate::containment::keeper::ENV_KEEPER;
 use crate::identity::OwnerId;
 use crate::ownership::{self, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG_OWNER};
 use crate::procfs::{self, BootClock, ExeState, ProcId, Stat};
+use crate::shared::ENV_SHARED;
 
 use super::report::{Action, FoundBy, Health, Leak, LeakKind};
 use super::{Claim, OwnerHealth};
@@ -23,6 +24,8 @@ pub(crate) struct Markers {
     /// A keeper: its descendants are its guard's tree, whatever uid or markers they have.
     pub(crate) keeper: bool,
     pub(crate) supervisor: Option<OwnerId>,
+    /// A shared fixture's keeper: the fixture's key. Its owner is the run it serves.
+    pub(crate) shared: Option<String>,
     /// Why the markers cannot be believed, if they cannot.
     pub(crate) malformed: Option<String>,
 }
@@ -39,11 +42,18 @@ impl Markers {
             }
             let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
             let (key, raw) = (&entry[..eq], &entry[eq + 1..]);
-            let Some(name) =
-                [ENV_RUN_ID, ENV_OWNER, ENV_GUARD, ENV_TEST, ENV_WATCHDOG_OWNER, ENV_KEEPER, ENV_SUPERVISOR]
-                    .into_iter()
-                    .find(|k| k.as_bytes() == key)
-            else {
+            let Some(name) = [
+                ENV_RUN_ID,
+                ENV_OWNER,
+                ENV_GUARD,
+                ENV_TEST,
+                ENV_WATCHDOG_OWNER,
+                ENV_KEEPER,
+                ENV_SUPERVISOR,
+                ENV_SHARED,
+            ]
+            .into_iter()
+            .find(|k| k.as_bytes() == key) else {
                 continue;
             };
             any |= name != ENV_SUPERVISOR;
@@ -69,6 +79,7 @@ impl Markers {
                 self.keeper = true;
             }
             ENV_SUPERVISOR => self.supervisor = Some(owner(value)?),
+            ENV_SHARED => self.shared = Some(id(value)?),
             _ if ownership::valid_test_name(value) => self.test = Some(value.to_owned()),
             _ => return Err(bad("is not a test name")),
         }
@@ -77,6 +88,12 @@ impl Markers {
 
     pub(crate) fn is_watchdog(&self) -> bool {
         self.watchdog_of.is_some()
+    }
+
+    /// Whom a guardian acts for when it dies: a watchdog's or keeper's owner, a shared
+    /// fixture keeper's run owner.
+    pub(crate) fn guardian_of(&self) -> Option<&OwnerId> {
+        self.watchdog_of.as_ref().or(self.shared.as_ref().and(self.owner.as_ref()))
     }
 
     /// The claims these markers make, for a [`Scope`](super::Scope) to judge.

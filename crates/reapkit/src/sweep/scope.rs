@@ -112,11 +112,31 @@ pub(crate) struct Judge {
     pub(crate) host: String,
     /// A supervisor's live descendants, read before anything else.
     pub(crate) tree: Vec<i32>,
+    /// What a supervisor's tree holds that is not its test's: the shared fixtures (keepers and
+    /// their trees) of a run that goes on.
+    pub(crate) spared: Vec<i32>,
 }
 
 impl Judge {
     pub(crate) fn new(scope: Scope, host: String) -> Judge {
-        Judge { scope, ns: Namespaces::new(), host, tree: Vec::new() }
+        Judge { scope, ns: Namespaces::new(), host, tree: Vec::new(), spared: Vec::new() }
+    }
+
+    /// The shared fixtures in the tree that `reapkit wrap` must leave: a keeper (by its marker)
+    /// whose run owner is alive *and* our ancestor — the nextest that runs this test, so the
+    /// run goes on — with its whole tree. Once the run is over none qualifies.
+    pub(crate) fn live_shared_fixtures(&mut self) -> Vec<i32> {
+        let ancestors = crate::procfs::self_and_ancestors();
+        let mut spared = Vec::new();
+        for &pid in &self.tree {
+            let m = super::processes::markers_of(pid);
+            let (Some(_), Some(owner), None) = (&m.shared, &m.owner, &m.malformed) else { continue };
+            if matches!(self.ns.owner(owner), Whereabouts::Alive(here) if ancestors.contains(&here.pid)) {
+                spared.push(pid);
+                spared.extend(crate::procfs::descendants(pid).iter().map(|d| d.pid));
+            }
+        }
+        spared
     }
 
     pub(crate) fn verdict(&mut self, claim: &Claim<'_>) -> Verdict {

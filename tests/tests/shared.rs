@@ -1,0 +1,257 @@
+//! Fixtures shared by a whole run: one start per run whatever runs the tests — threads of one
+//! process (`cargo test`) or a process per test (nextest, under `reapkit wrap`) — and gone
+//! within a second of the run's end, also when a test process or the runner is SIGKILLed.
+//!
+//! The run is a shell here (the runner: what `cargo`/nextest are to a real suite); its test
+//! processes are `shared-user`s, each attaching from threads and holding its leases.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reapkit::run_stats::{self, RunStats};
+use reapkit::ProcId;
+use reapkit_tests::docker::docker;
+use reapkit_tests::{reapkit_cli, token, wait_until};
+
+fn shared_user() -> String {
+    reapkit_tests::fixture_path().with_file_name("shared-user").to_string_lossy().into_owned()
+}
+
+/// A run: `sh -c script` with its own run id (its statistics are its own), stdout piped.
+struct Run {
+    sh: Child,
+    out: BufReader<ChildStdout>,
+    run_id: String,
+}
+
+impl Run {
+    fn start(script: &str) -> Run {
+        let run_id = format!("shared-{}", token());
+        let mut sh = Command::new("sh")
+            .args(["-c", script])
+            .env("SHARED_USER", shared_user())
+            .env("REAPKIT_RUN_ID", &run_id)
+            .env("PATH", path_with_cli())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh starts");
+        let out = BufReader::new(sh.stdout.take().expect("piped"));
+        Run { sh, out, run_id }
+    }
+
+    /// Lines until `n` of them said `all attached`; every `attached` line, parsed.
+    fn attached(&mut self, n: usize) -> Vec<Attached> {
+        let mut attached = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let mut line = String::new();
+            assert_ne!(
+                self.out.read_line(&mut line).expect("the run's output"),
+                0,
+                "the run ended early: {attached:?}"
+            );
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["attached", kind, here, keeper, what, port] => attached.push(Attached {
+                    kind: kind.into(),
+                    started_here: here == "true",
+                    keeper: keeper.parse().expect("a pid"),
+                    what: what.into(),
+                    port: port.parse().ok(),
+                }),
+                ["all", "attached"] => done += 1,
+                _ => panic!("the run said {line:?}"),
+            }
+        }
+        attached
+    }
+
+    fn stats(&self) -> RunStats {
+        RunStats::read(&run_stats::dir(), &self.run_id, None).expect("the run logged its events")
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.sh.kill();
+        let _ = self.sh.wait();
+        run_stats::clear(&run_stats::dir(), &self.run_id);
+    }
+}
+
+fn path_with_cli() -> String {
+    let cli = reapkit_cli();
+    let dir = std::path::Path::new(cli.get_program()).parent().expect("a directory").to_path_buf();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+#[derive(Debug, Clone)]
+struct Attached {
+    kind: String,
+    started_here: bool,
+    keeper: i32,
+    what: String,
+    port: Option<u16>,
+}
+
+/// Every attach of `kind` saw the same fixture, and exactly one of them started it.
+fn one_fixture(attached: &[Attached], kind: &str, n: usize) -> Attached {
+    let of_kind: Vec<&Attached> = attached.iter().filter(|a| a.kind == kind).collect();
+    assert_eq!(of_kind.len(), n, "{attached:#?}");
+    let first = of_kind[0];
+    assert!(of_kind.iter().all(|a| a.keeper == first.keeper && a.what == first.what), "one {kind}: {of_kind:#?}");
+    assert_eq!(of_kind.iter().filter(|a| a.started_here).count(), 1, "started once: {of_kind:#?}");
+    first.clone()
+}
+
+/// The server's answer on its port: `fixture-server <pid>` — the port is the guarded server's.
+fn answer(port: u16) -> String {
+    let conn = TcpStream::connect(("127.0.0.1", port)).expect("the port accepts");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).expect("its answer");
+    line.trim().to_owned()
+}
+
+fn pid_of(what: &str) -> ProcId {
+    ProcId::of(what.parse().expect("a pid")).expect("alive")
+}
+
+/// A keeper and everything below it (its fixture's tree, its watchdog): taken while it runs.
+fn tree(keeper: ProcId) -> Vec<ProcId> {
+    std::iter::once(keeper).chain(reapkit::procfs::descendants(keeper.pid)).collect()
+}
+
+/// Waits for every keeper of `keepers` to exit — after its fixture is torn down — and returns
+/// how long that took; then for the rest of their trees (a watchdog finishing its sweep).
+fn ended(keepers: &[ProcId], trees: &[ProcId]) -> Duration {
+    let started = Instant::now();
+    for keeper in keepers {
+        exited(*keeper);
+    }
+    let took = started.elapsed();
+    for id in trees {
+        wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || {
+            (!id.is_alive() || reapkit_tests::is_zombie(id.pid)).then_some(())
+        });
+    }
+    took
+}
+
+/// Waits (by pidfd, up to 10 s) for `keeper` to exit.
+fn exited(keeper: ProcId) {
+    // SAFETY: plain syscalls on integers; the fd is ours and closed below.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, keeper.pid, 0) as i32;
+        if fd >= 0 {
+            let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            libc::poll(&mut poll, 1, 10_000);
+            libc::close(fd);
+        }
+    }
+    assert!(!keeper.is_alive() || reapkit_tests::is_zombie(keeper.pid), "the keeper outlived its run");
+}
+
+fn container_exists(id: &str) -> bool {
+    !docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")]).trim().is_empty()
+}
+
+/// The children of `pid` that run `shared-user`.
+fn users_of(pid: i32) -> Vec<i32> {
+    reapkit::procfs::children(pid)
+        .into_iter()
+        .filter(|&c| reapkit::procfs::cmdline(c).contains("shared-user"))
+        .collect()
+}
+
+#[test]
+fn twenty_attaches_from_threads_and_processes_start_one_server_and_one_container_gone_within_a_second_of_the_runs_end()
+{
+    let name = format!("t{}", std::process::id());
+    // Two test processes of ten threads each; the shell is the run (`cargo`, nextest).
+    let user = format!("\"$SHARED_USER\" --container --threads 10 --name {name} <&3");
+    let mut run = Run::start(&format!("exec 3<&0; {user} & {user} & wait"));
+    let attached = run.attached(2);
+    let server = one_fixture(&attached, "server", 20);
+    let container = one_fixture(&attached, "container", 20);
+    let server_pid = pid_of(&server.what);
+    let keepers: Vec<ProcId> =
+        [server.keeper, container.keeper].into_iter().map(|k| ProcId::of(k).expect("the keepers run")).collect();
+    assert_eq!(answer(server.port.expect("a port")), format!("fixture-server {}", server_pid.pid));
+    assert!(container_exists(&container.what));
+    let stats = run.stats();
+    assert_eq!((stats.shared_started, stats.shared_reused), (2, 38), "{stats:?}");
+    assert!(stats.summary().contains("2 shared fixtures started, 38 reused"), "{}", stats.summary());
+
+    // A test process SIGKILLed mid-run: its leases end, the fixtures stay for the others.
+    let users = users_of(run.sh.id() as i32);
+    assert_eq!(users.len(), 2, "two test processes");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(users[0]), nix::sys::signal::SIGKILL).expect("kill");
+    wait_until("the killed test process is gone", || users_of(run.sh.id() as i32).len().eq(&1).then_some(()));
+    assert_eq!(answer(server.port.expect("a port")), format!("fixture-server {}", server_pid.pid));
+
+    // The runner SIGKILLed: the run is over, and so are its fixtures.
+    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| tree(*k)).collect();
+    run.sh.kill().expect("kill the run");
+    let took = ended(&keepers, &trees);
+    assert!(took < Duration::from_secs(1), "the fixtures ended {took:?} after the run");
+    assert!(!server_pid.is_alive() || reapkit_tests::is_zombie(server_pid.pid), "the server outlived its run");
+    assert!(!container_exists(&container.what), "the container outlived its run");
+    // The surviving test process saw its fixtures end.
+    let mut rest = String::new();
+    let _ = run.out.read_line(&mut rest);
+    assert_eq!(rest.trim(), "ended");
+}
+
+#[test]
+fn under_reapkit_wrap_the_fixture_outlives_the_test_that_started_it_and_ends_with_the_run() {
+    let name = format!("w{}", std::process::id());
+    // nextest's shape: the runner runs each test process under its own `reapkit wrap`.
+    let user = format!("reapkit wrap -- \"$SHARED_USER\" --name {name}");
+    let mut run = Run::start(&format!("exec 3<&0; {user} </dev/null && {user} <&3"));
+    let attached = run.attached(2);
+    let server = one_fixture(&attached, "server", 2);
+    assert!(attached[0].started_here && !attached[1].started_here, "the first test started it: {attached:#?}");
+    let keeper = ProcId::of(server.keeper).expect("the first test's wrap left the fixture running");
+    assert_eq!(answer(server.port.expect("a port")), format!("fixture-server {}", server.what));
+
+    let trees = tree(keeper);
+    run.sh.stdin.take();
+    let took = ended(&[keeper], &trees);
+    assert!(took < Duration::from_secs(1), "the fixture ended {took:?} after the run");
+    let status = run.sh.wait().expect("the run's status");
+    assert!(status.success(), "neither wrap found a leak: {status}");
+}
+
+#[test]
+fn a_sweep_leaves_a_running_runs_fixture_alone_and_reaps_an_ended_runs_as_its_leak() {
+    let name = format!("r{}", std::process::id());
+    let mut run = Run::start(&format!("exec 3<&0; \"$SHARED_USER\" --name {name} --threads 2 <&3 & wait"));
+    let attached = run.attached(1);
+    let server = one_fixture(&attached, "server", 2);
+    let (keeper, server_pid) = (ProcId::of(server.keeper).expect("running"), pid_of(&server.what));
+    let reap = |args: &[&str]| reapkit_cli().args(["reap", "--run-id", &run.run_id]).args(args).output().expect("reap");
+
+    // The run goes on: its fixture is nobody's leak.
+    let out = reap(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(keeper.is_alive() && server_pid.is_alive(), "a live run's fixture was touched");
+
+    // A keeper that cannot end its fixture (stopped) once its run is over: the sweep's to take.
+    let trees = tree(keeper);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper.pid), nix::sys::signal::SIGSTOP).expect("stop it");
+    let users = users_of(run.sh.id() as i32);
+    run.sh.kill().expect("end the run");
+    let _ = run.sh.wait();
+    for user in users {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(user), nix::sys::signal::SIGKILL);
+    }
+    let out = reap(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the ended run's fixture is its leak:\n{text}");
+    assert!(text.contains(&format!("shared:{name}-server")), "the leak names the fixture:\n{text}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper.pid), nix::sys::signal::SIGCONT);
+    ended(&[keeper], &trees);
+}
