@@ -318,7 +318,8 @@ fn run_removes_the_containers_created_under_its_run_id() {
 #[test]
 fn the_run_report_counts_what_the_runs_guards_did() {
     let expected = serde_json::json!({
-        "guards_created": 6, "failed_to_start": 2, "torn_down": 5, "leaked": 1, "escapees_ended": 1
+        "guards_created": 6, "failed_to_start": 2, "torn_down": 5, "leaked": 1, "escapees_ended": 1,
+        "shared_started": 0, "shared_reused": 0
     });
     let line = "6 guards created, 2 failed to start, 5 torn down, 1 leaked, 1 escapee ended";
     let files = tempfile::tempdir().expect("tempdir");

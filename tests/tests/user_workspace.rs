@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use reapkit::ProcId;
+use reapkit::{procfs, ProcId};
 use reapkit_tests::{is_zombie, real_server_argv};
 
 fn root() -> PathBuf {
@@ -24,6 +24,15 @@ fn workspace() -> PathBuf {
 /// `cargo <args>` in the user workspace, as a user runs it: none of this suite's runner or
 /// reapkit variables, the `reapkit` binary on PATH, its own target directory.
 fn cargo(args: &[&str]) -> Output {
+    cargo_with(args, &[])
+}
+
+/// [`cargo`], with `env` besides.
+fn cargo_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    cargo_command(args, env).output().expect("cargo runs")
+}
+
+fn cargo_command(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
@@ -41,8 +50,9 @@ fn cargo(args: &[&str]) -> Output {
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", root().join("target/user-workspace"))
         .env("MCP_SERVER_TIME", real_server_argv("REAPKIT_TEST_PY_TIME"))
-        .env("REAPKIT_REQUIRE_DOCKER", "1");
-    cmd.output().expect("cargo runs")
+        .env("REAPKIT_REQUIRE_DOCKER", "1")
+        .envs(env.iter().copied());
+    cmd
 }
 
 /// The line of `leaky.rs` that holds `needle`, 1-based.
@@ -138,4 +148,145 @@ fn the_workspaces_xtask_reap_is_clean_after_its_leaky_runs() {
     // Whatever the leaky tests left, their scopes ended and their records are gone.
     let out = cargo(&["xtask", "reap"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// One line per test of `app-tests/tests/shared.rs`: what it was attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SharedNote {
+    test: String,
+    web_keeper: i32,
+    web_pid: i32,
+    port: u16,
+    db_keeper: i32,
+    container: String,
+    run_id: String,
+}
+
+fn shared_notes(path: &Path) -> Vec<SharedNote> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
+            [test, wk, wp, port, dk, container, run_id] => SharedNote {
+                test: test.into(),
+                web_keeper: wk.parse().expect("a pid"),
+                web_pid: wp.parse().expect("a pid"),
+                port: port.parse().expect("a port"),
+                db_keeper: dk.parse().expect("a pid"),
+                container: container.into(),
+                run_id: run_id.into(),
+            },
+            _ => panic!("a note: {l:?}"),
+        })
+        .collect()
+}
+
+/// Every test saw the same server and container; returns them.
+fn one_of_each(notes: &[SharedNote], tests: usize) -> SharedNote {
+    assert_eq!(notes.len(), tests, "{notes:#?}");
+    let first = notes[0].clone();
+    let same =
+        |n: &SharedNote| (n.web_pid, n.port, n.container.as_str()) == (first.web_pid, first.port, &*first.container);
+    assert!(notes.iter().all(same), "one server and one container for the whole run: {notes:#?}");
+    first
+}
+
+/// The fixtures' keepers exit within a second (by pidfd) — after removing the container and
+/// ending the server — and nothing of them is left.
+fn gone_within_a_second(note: &SharedNote, trees: &[ProcId]) {
+    let started = std::time::Instant::now();
+    for keeper in [note.web_keeper, note.db_keeper].into_iter().filter_map(ProcId::of) {
+        // SAFETY: plain syscalls on integers; the fd is ours and closed here.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, keeper.pid, 0) as i32;
+            if fd >= 0 {
+                let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                libc::poll(&mut poll, 1, 10_000);
+                libc::close(fd);
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "the shared fixtures outlived their run by {took:?}");
+    let gone = |id: &ProcId| !id.is_alive() || is_zombie(id.pid);
+    for id in trees {
+        reapkit_tests::wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || gone(id).then_some(()));
+    }
+    let left = reapkit_tests::docker::docker(&["ps", "-aq", "--filter", &format!("id={}", note.container)]);
+    assert!(left.trim().is_empty(), "the shared container outlived its run");
+}
+
+fn notes_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("notes");
+    (dir, path)
+}
+
+#[test]
+fn under_nextest_twenty_tests_share_one_server_and_one_container_gone_within_a_second_of_the_runs_end() {
+    let (_dir, notes) = notes_file();
+    let out = cargo_with(&["nextest", "run", "--test", "shared"], &[("APP_TESTS_SHARED_OUT", notes.as_os_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let notes = shared_notes(&notes);
+    let note = one_of_each(&notes, 20);
+    gone_within_a_second(&note, &[]);
+    // The run's statistics: two started, the other 38 attaches reused them.
+    let stats = reapkit_tests::reapkit_cli().args(["reap", "--run-id", &note.run_id, "--json"]).output().expect("reap");
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("the report");
+    assert_eq!(json["stats"]["shared_started"], 2, "{json}");
+    assert_eq!(json["stats"]["shared_reused"], 38, "{json}");
+}
+
+#[test]
+fn under_nextest_a_test_process_sigkilled_mid_run_fails_alone_and_the_fixtures_still_end_with_the_run() {
+    let (_dir, notes) = notes_file();
+    let env = [("APP_TESTS_SHARED_OUT", notes.as_os_str()), ("APP_TESTS_KILL", "t05".as_ref())];
+    let out = cargo_with(&["nextest", "run", "--no-fail-fast", "--test", "shared"], &env);
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.lines().any(|l| l.contains("FAIL") && l.ends_with("app-tests::shared t05")), "{all}");
+    assert_eq!(all.lines().filter(|l| l.contains("PASS") && l.contains("app-tests::shared t")).count(), 19, "{all}");
+    let note = one_of_each(&shared_notes(&notes), 20);
+    gone_within_a_second(&note, &[]);
+}
+
+#[test]
+fn nextest_sigkilled_mid_run_ends_the_runs_shared_fixtures_within_a_second() {
+    let (_dir, notes) = notes_file();
+    let env = [("APP_TESTS_SHARED_OUT", notes.as_os_str()), ("APP_TESTS_HOLD", "t01".as_ref())];
+    let built = cargo(&["nextest", "run", "--test", "shared", "--no-run"]);
+    assert_eq!(built.status.code(), Some(0), "{}", text(&built));
+    let mut cargo = cargo_command(&["nextest", "run", "--test", "shared", "-E", "test(=t01)"], &env);
+    let mut child =
+        cargo.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("cargo");
+    let note = reapkit_tests::wait_until("the held test attached", || shared_notes(&notes).first().cloned());
+    // `cargo` execs its external subcommands: the child is nextest, or its parent.
+    let cargo_pid = ProcId::of(child.id() as i32).expect("cargo runs");
+    let nextest = std::iter::once(cargo_pid)
+        .chain(procfs::descendants(cargo_pid.pid))
+        .find(|d| procfs::cmdline(d.pid).contains("cargo-nextest"))
+        .expect("nextest runs");
+    let trees: Vec<ProcId> = [note.web_keeper, note.db_keeper]
+        .into_iter()
+        .filter_map(ProcId::of)
+        .flat_map(|k| std::iter::once(k).chain(procfs::descendants(k.pid)))
+        .collect();
+    let rest = procfs::descendants(nextest.pid);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(nextest.pid), nix::sys::signal::SIGKILL);
+    gone_within_a_second(&note, &trees);
+    // The held test saw its fixtures end and exited, its wrap after it.
+    for id in rest {
+        reapkit_tests::wait_until(&format!("pid {} of the killed run is gone", id.pid), || {
+            (!id.is_alive() || is_zombie(id.pid)).then_some(())
+        });
+    }
+    let _ = child.wait();
+}
+
+#[test]
+fn under_cargo_test_twenty_threads_share_one_server_and_one_container_gone_within_a_second_of_the_runs_end() {
+    let (_dir, notes) = notes_file();
+    let out = cargo_with(&["test", "--test", "shared"], &[("APP_TESTS_SHARED_OUT", notes.as_os_str())]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let note = one_of_each(&shared_notes(&notes), 20);
+    gone_within_a_second(&note, &[]);
 }

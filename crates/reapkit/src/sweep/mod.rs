@@ -285,10 +285,11 @@ impl Sweep {
         f
     }
 
-    /// The CI sweep and `reapkit run` let working watchdogs finish first; a watchdog itself,
-    /// `reapkit wrap` (whose test's watchdog waits for it) and `ps` do not wait.
+    /// The CI sweep and `reapkit run` let working watchdogs finish first; `reapkit wrap` only
+    /// shared fixture keepers ending their fixtures (its test's watchdog waits for *it*); a
+    /// watchdog itself and `ps` do not wait.
     fn waits_for_watchdogs(&self) -> bool {
-        !self.as_watchdog && matches!(self.scope, Scope::DeadOwners { .. } | Scope::Run { .. })
+        !self.as_watchdog && matches!(self.scope, Scope::DeadOwners { .. } | Scope::Run { .. } | Scope::Wrapped { .. })
     }
 
     /// Waits, bounded, for watchdogs in scope whose owner died and who have no live supervisor
@@ -299,6 +300,7 @@ impl Sweep {
             let Some(owner) = m.guardian_of().filter(|_| m.malformed.is_none()) else { continue };
             let in_scope = match &self.scope {
                 Scope::Run { .. } => judge.tree.contains(&id.pid),
+                Scope::Wrapped { .. } => m.shared.is_some() && judge.tree.contains(&id.pid),
                 _ => matches!(judge.verdict(&Claim { owner: Some(owner), ..m.claim() }), Verdict::Take(_)),
             };
             let owner_dead = judge.owner_health(owner, None) == Ok(OwnerHealth::Dead);
