@@ -255,3 +255,46 @@ fn a_sweep_leaves_a_running_runs_fixture_alone_and_reaps_an_ended_runs_as_its_le
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper.pid), nix::sys::signal::SIGCONT);
     ended(&[keeper], &trees);
 }
+
+#[test]
+fn a_fixture_reused_across_runs_serves_the_next_run_and_ends_after_its_idle_time() {
+    let name = format!("u{}", std::process::id());
+    let script = format!("exec 3<&0; \"$SHARED_USER\" --name {name} --reuse-ms 500 <&3 & wait");
+    let mut first = Run::start(&script);
+    let started = one_fixture(&first.attached(1), "server", 1);
+    let keeper = ProcId::of(started.keeper).expect("running");
+    let users = users_of(first.sh.id() as i32);
+    drop(first); // the run is over; its test process sees stdin close and exits
+    wait_until("the first run's test process is gone", || {
+        users.iter().all(|&u| ProcId::of(u).is_none_or(|p| reapkit_tests::is_zombie(p.pid))).then_some(())
+    });
+
+    let mut second = Run::start(&script);
+    let joined = second.attached(1).pop().expect("one attach");
+    assert!(!joined.started_here && joined.keeper == started.keeper, "the next run joins it: {joined:?}");
+    assert_eq!(answer(joined.port.expect("a port")), format!("fixture-server {}", joined.what));
+    let trees = tree(keeper);
+    drop(second);
+    // No lease left: it ends after its idle time, by itself.
+    ended(&[keeper], &trees);
+}
+
+#[test]
+fn under_reapkit_wrap_a_process_that_only_claims_to_be_a_keeper_is_ended_with_its_test() {
+    // A live process that is not the wrap's ancestor, and one long gone: neither is a live run.
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let bystander_id = reapkit::OwnerId::here(ProcId::of(bystander.id() as i32).expect("alive"));
+    let (live, dead) = (token(), token());
+    let script = format!(
+        "REAPKIT_SHARED=forged-0000000000000000 REAPKIT_OWNER={bystander_id} setsid sleep {live} & \
+         REAPKIT_SHARED=forged-0000000000000001 REAPKIT_OWNER={} setsid sleep {dead} & sleep 0.2",
+        reapkit_tests::dead_owner()
+    );
+    let out = reapkit_cli().args(["wrap", "--", "sh", "-c", &script]).output().expect("wrap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the forged keepers are the test's leaks:\n{stderr}");
+    assert!(reapkit_tests::by_token(&live).is_empty() && reapkit_tests::by_token(&dead).is_empty(), "{stderr}");
+    assert!(ProcId::of(bystander.id() as i32).is_some(), "the bystander named as their run owner survives");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

@@ -8,7 +8,8 @@
 //! its leases until every fixture has ended (its run is over) and prints `ended`, or until
 //! stdin closes, and exits 0. An attach that fails prints `error <why>` and exits 1.
 //! Flags: `--threads N`, `--container`, `--name S` (the fixtures' name prefix, default
-//! `suite`), `--ledger-dir D`.
+//! `suite`), `--ledger-dir D`, `--reuse-ms N` (reused across runs, ending N ms after its last
+//! lease).
 
 use std::io::Read;
 use std::time::Duration;
@@ -36,6 +37,10 @@ fn main() {
     }
     if let Some(dir) = &ledger {
         fixtures = fixtures.into_iter().map(|(kind, s)| (kind, s.ledger_dir(dir))).collect();
+    }
+    if let Some(ms) = value("--reuse-ms") {
+        let idle = Duration::from_millis(ms.parse().expect("--reuse-ms N"));
+        fixtures = fixtures.into_iter().map(|(kind, s)| (kind, s.reuse_for(idle))).collect();
     }
     let leases: Vec<(&str, reapkit::SharedFixture)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
