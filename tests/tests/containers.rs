@@ -322,3 +322,45 @@ async fn async_api_and_drop_inside_a_multi_thread_runtime() {
     c.remove_async().await.expect("removed");
     assert!(leftovers("reapkit.guard", &guard).is_empty());
 }
+
+#[test]
+#[serial]
+fn a_container_is_ready_when_its_own_process_listens_with_the_port_it_bound_and_frees_it_on_drop() {
+    if !engine() {
+        return;
+    }
+    // On the host's network a port of the container's is one of the machine's; 0: any.
+    let c = Container::builder(IMAGE)
+        .cmd(["httpd", "-f", "-p", "127.0.0.1:0"])
+        .network_mode("host")
+        .stop_timeout(Duration::ZERO)
+        .wait_for(Ready::Listening(reapkit::Listen::Tcp(0)))
+        .start()
+        .expect("starts and listens");
+    let port = c.port().expect("the port it bound");
+    let pid: i32 = docker(&["inspect", "-f", "{{.State.Pid}}", c.id()]).parse().expect("its pid");
+    assert!(c.listeners().iter().all(|l| l.pid == pid), "the container's own process: {:?}", c.listeners());
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("it answers");
+    drop(c);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+}
+
+#[test]
+#[serial]
+fn a_container_that_never_listens_is_not_ready_within_its_timeout_and_is_removed() {
+    if !engine() {
+        return;
+    }
+    let case = case_id();
+    let err = sleeper()
+        .label(CASE_LABEL, &case)
+        .wait_for(Ready::Listening(reapkit::Listen::Tcp(0)))
+        .ready_timeout(Duration::from_millis(300))
+        .start()
+        .expect_err("never listens");
+    assert!(
+        matches!(&err, Error::NotReady { waited_for, .. } if waited_for.contains("listening on a TCP port")),
+        "{err}"
+    );
+    assert!(leftovers(CASE_LABEL, &case).is_empty(), "removed after the failed start");
+}

@@ -54,6 +54,11 @@ pub enum Ready {
     /// When this command, run with `exec`, exits 0 (retried every 50 ms: readiness inside a
     /// container has no event to wait on).
     Exec(Vec<String>),
+    /// When a process of the container listens on this, read from `/proc` as for a
+    /// [`ProcessBuilder::listen`](crate::ProcessBuilder::listen): its own socket, never a
+    /// connection anyone could answer. The port is the container's network namespace's — the
+    /// host's with `network_mode("host")`; [`Container::port`] says which it bound.
+    Listening(crate::Listen),
 }
 
 /// Builds a [`Container`]: `Container::builder("image").cmd([...]).start()`. It serializes
@@ -413,6 +418,19 @@ impl Container {
         self.engine.run(CALL_LIMIT, "reading logs", move |docker| async move { Ok(logs(&docker, &id).await) })
     }
 
+    /// What its processes listen on, seen from `/proc` (empty once it stopped).
+    pub fn listeners(&self) -> Vec<crate::Listener> {
+        let id = self.id.clone();
+        let pid = self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { Ok(init_pid(&docker, &id).await) });
+        pid.ok().flatten().map(listeners_of).unwrap_or_default()
+    }
+
+    /// The first TCP port its processes listen on (in its network namespace: the host's with
+    /// `network_mode("host")`), for a container started with [`Ready::Listening`].
+    pub fn port(&self) -> Option<u16> {
+        self.listeners().iter().find_map(|l| l.addr.port())
+    }
+
     /// The engine's view of the container (state, labels, mounts...).
     pub fn inspect(&self) -> Result<ContainerInspectResponse> {
         let id = self.id.clone();
@@ -523,6 +541,7 @@ async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<(
         Ready::Running => "the container to start".to_owned(),
         Ready::LogLine(text) => format!("log line {text:?}"),
         Ready::Exec(cmd) => format!("exec {cmd:?} exiting 0"),
+        Ready::Listening(listen) => format!("a process of it listening on {listen}"),
     };
     let ready = tokio::time::timeout_at(deadline, async {
         docker.start_container(&id, None).await.map_err(|e| docker_error("starting the container", e))?;
@@ -549,6 +568,18 @@ async fn start_and_wait(docker: Docker, id: String, plan: StartPlan) -> Result<(
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             },
+            // A new socket raises no event: read again after a pause doubling from 1 to 20 ms.
+            Ready::Listening(listen) => {
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    let Some(pid) = init_pid(&docker, &id).await else { return Ok(false) };
+                    if listeners_of(pid).iter().any(|l| listen.matches(&l.addr)) {
+                        return Ok(true);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
         }
     })
     .await;
@@ -590,6 +621,19 @@ async fn not_ready(docker: &Docker, id: &str, waited_for: &str, timeout: Duratio
         }
         _ => Error::NotReady { id: id.to_owned(), waited_for: waited_for.to_owned(), timeout, logs_tail: tail },
     }
+}
+
+/// The host pid of a running container's first process; `None` once it has stopped.
+async fn init_pid(docker: &Docker, id: &str) -> Option<i32> {
+    let state = inspect(docker, id).await.ok()?.state?;
+    state.running.filter(|&r| r)?;
+    state.pid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0)
+}
+
+/// What the processes of the container whose first process is `pid` listen on.
+fn listeners_of(pid: i32) -> Vec<crate::Listener> {
+    let pids: Vec<i32> = std::iter::once(pid).chain(crate::procfs::descendants(pid).iter().map(|d| d.pid)).collect();
+    crate::listening::of(&pids)
 }
 
 async fn is_running(docker: &Docker, id: &str) -> bool {

@@ -242,6 +242,7 @@ fn start(spec: &Spec, run_owner: Option<OwnerId>) -> crate::Result<(Running, Fix
         Fixture::Container(builder) => {
             let container = builder.clone().ready_timeout(spec.ready_timeout).start()?;
             info.container_id = Some(container.id().to_owned());
+            info.listeners = container.listeners();
             info.env = builder
                 .env_vars()
                 .iter()

@@ -524,7 +524,8 @@ pub struct FixtureInfo {
     pub run_owner: Option<OwnerId>,
     /// A server's pid.
     pub pid: Option<i32>,
-    /// Where a server's tree listens, as `/proc` shows it once ready.
+    /// Where a server's tree (or a container's processes) listens, as `/proc` shows it once
+    /// ready.
     pub listeners: Vec<Listener>,
     /// A container's id.
     pub container_id: Option<String>,
@@ -562,7 +563,7 @@ impl SharedFixture {
         &self.info
     }
 
-    /// The first TCP port a server's tree listens on.
+    /// The first TCP port a server's tree (or a container's processes) listens on.
     pub fn port(&self) -> Option<u16> {
         self.info.listeners.iter().find_map(|l| l.addr.port())
     }
