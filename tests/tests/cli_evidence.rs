@@ -131,3 +131,34 @@ fn ps_rows_fit_a_hundred_columns_and_name_the_leftover() {
     }
     leftover.assert_survived("a leftover, after ps");
 }
+
+#[test]
+fn ps_says_which_guarantees_hold_here_and_names_each_one_a_setting_takes_away() {
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let ps = |env: &[(&str, &str)]| {
+        let out = reapkit_cli()
+            .args(["ps", "--json", "--no-docker", "--ledger-dir"])
+            .arg(ledger.path())
+            .envs(env.iter().copied())
+            .output()
+            .expect("ps");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the report");
+        json["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let plain = ps(&[]);
+    let caps = reapkit::capabilities();
+    let gaps = caps.gaps().count();
+    let guarantee_notes: Vec<&String> = plain.iter().filter(|n| n.contains("guarantee")).collect();
+    assert_eq!(guarantee_notes.len(), gaps.max(1), "one note per gap, or one saying all hold: {plain:#?}");
+
+    let weakened = ps(&[("REAPKIT_CONTAINMENT", "marker"), ("REAPKIT_WATCHDOG", "off")]);
+    let says = |text: &str| weakened.iter().any(|n| n.contains(text));
+    assert!(says("guarantee only partly held here: whole tree: REAPKIT_CONTAINMENT=marker"), "{weakened:#?}");
+    assert!(says("guarantee only partly held here: escapees"), "{weakened:#?}");
+    assert!(says("guarantee NOT held here: test process killed: REAPKIT_WATCHDOG=off"), "{weakened:#?}");
+}

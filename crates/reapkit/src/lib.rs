@@ -81,13 +81,26 @@
 //! std::process::exit(report.exit_code);
 //! ```
 //!
+//! **What holds where**: [`capabilities()`] says, concern by concern, what this machine gives
+//! (see the table in [`capabilities`](mod@capabilities)); `reapkit ps` prints what does not hold.
+//!
 //! `ARCHITECTURE.md` in the repository holds the map and the ownership contract (marker values,
 //! labels, ledger format, exit codes).
 
-#[cfg(not(target_os = "linux"))]
-compile_error!("reapkit supports Linux only: it relies on pidfds, /proc and PR_SET_CHILD_SUBREAPER");
+#[cfg(windows)]
+compile_error!(
+    "reapkit does not support Windows (out of scope: no process trees, pidfds or /proc to prove ownership \
+     by). Supported target: Linux 5.3 or later (x86_64, aarch64 and any other Linux architecture), WSL2 included"
+);
+#[cfg(all(unix, not(target_os = "linux")))]
+compile_error!(
+    "reapkit builds on Linux 5.3 or later only, for now (it relies on pidfds, /proc and \
+     PR_SET_CHILD_SUBREAPER); the portable Unix backend for macOS and the BSDs is not built yet. \
+     Make it a Linux-only dev-dependency: [target.'cfg(target_os = \"linux\")'.dev-dependencies]"
+);
 
 mod budget;
+pub mod capabilities;
 #[cfg(feature = "docker")]
 mod container;
 pub mod containment;
@@ -122,6 +135,7 @@ mod teardown;
 mod watchdog;
 
 pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
+pub use capabilities::{capabilities, Capabilities, Concern, Guarantee};
 #[cfg(feature = "docker")]
 pub use container::{
     Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_STOP_TIMEOUT, LABEL_CREATED,

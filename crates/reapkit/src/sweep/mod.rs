@@ -275,6 +275,7 @@ impl Sweep {
 
         if f.listing {
             f.notes.push(format!("containment: {}", crate::containment::describe_machine()));
+            f.notes.extend(guarantee_notes(&crate::capabilities()));
         }
         if let Some(matcher) = &self.matcher {
             f.push_matches(matcher);
@@ -845,6 +846,23 @@ impl Findings {
         let pairs = std::mem::take(&mut self.leaks).into_iter().zip(std::mem::take(&mut self.targets));
         (self.leaks, self.targets) = pairs.filter(|(l, _)| l.age_s.is_none_or(|a| a >= min.as_secs())).unzip();
     }
+}
+
+/// What `reapkit ps` says of the guarantees: that all hold, or each that does not.
+fn guarantee_notes(caps: &crate::Capabilities) -> Vec<String> {
+    use crate::capabilities::Guarantee;
+    let gaps: Vec<String> = caps
+        .gaps()
+        .map(|(concern, g)| match g {
+            Guarantee::Partial(what) => format!("guarantee only partly held here: {concern}: {what}"),
+            Guarantee::Missing(why) | Guarantee::Full(why) => format!("guarantee NOT held here: {concern}: {why}"),
+        })
+        .collect();
+    if !gaps.is_empty() {
+        return gaps;
+    }
+    let all: Vec<String> = caps.guarantees.iter().map(|(c, _)| c.to_string()).collect();
+    vec![format!("guarantees: all hold here ({})", all.join(", "))]
 }
 
 /// A supervisor is the subreaper of its command: the zombies of orphans that died are its
