@@ -298,3 +298,54 @@ fn under_reapkit_wrap_a_process_that_only_claims_to_be_a_keeper_is_ended_with_it
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+/// A socket at the fixture's path served by something that is not its keeper: `serve` is what
+/// it does with the one connection.
+fn squatter(shared: &reapkit::Shared, serve: fn(&mut std::os::unix::net::UnixStream)) -> std::thread::JoinHandle<()> {
+    let path = shared.socket_path().expect("its socket path");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the squatter");
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("the attach connects");
+        serve(&mut conn);
+        // Held until the asker gives up, then the socket file goes.
+        let _ = std::io::Read::read(&mut conn, &mut [0u8; 1]);
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+#[test]
+fn a_socket_that_is_not_a_keepers_is_a_clear_error_within_the_deadline_and_starts_nothing() {
+    use std::io::Write;
+    let ledger = tempfile::tempdir().expect("a ledger");
+    let cases: [(fn(&mut std::os::unix::net::UnixStream), &str); 4] = [
+        (|c| drop(c.write_all(b"{\"not\": \"a description\"}\n")), "its keeper's description is not reapkit's"),
+        (|c| drop(c.write_all("\u{1b}[31m garbage without an end".as_bytes())), "did not describe the fixture within"),
+        (|_| {}, "did not describe the fixture within"),
+        // A byte every half second: the deadline is the whole line's, not each read's.
+        (
+            |c| {
+                for _ in 0..30 {
+                    if c.write_all(b"x").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            },
+            "did not describe the fixture within",
+        ),
+    ];
+    for (serve, says) in cases {
+        let shared = reapkit::Shared::command("squatted", ["sleep", "60"]).ledger_dir(ledger.path());
+        let squatter = squatter(&shared, serve);
+        let started = Instant::now();
+        let err = shared.attach().expect_err("not a keeper");
+        assert!(started.elapsed() < Duration::from_secs(8), "bounded by the attach deadline: {:?}", started.elapsed());
+        let text = err.to_string();
+        assert!(text.contains("shared fixture `squatted` is not available") && text.contains(says), "{text}");
+        assert!(!text.contains('\u{1b}'), "the answer reaches the terminal escaped: {text:?}");
+        squatter.join().expect("the squatter");
+        let keepers = reapkit::procfs::MarkerScan::new()
+            .find_matching(|env| env.split(|&b| b == 0).any(|e| e.starts_with(b"REAPKIT_SHARED=squatted-")));
+        assert!(keepers.is_empty(), "no keeper was started beside the squatter: {keepers:?}");
+    }
+}

@@ -27,7 +27,7 @@
 mod keeper;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
@@ -186,10 +186,7 @@ impl Shared {
         let created_at = std::panic::Location::caller();
         let spec = &self.spec;
         self.check()?;
-        let run_owner = match spec.reuse_idle {
-            Some(_) => None,
-            None => Some(run_owner()),
-        };
+        let run_owner = spec.reuse_idle.is_none().then(run_owner);
         let paths = Paths::new(&self.shared_dir()?, spec, run_owner.as_ref())?;
         if let Some(lease) = paths.connect(spec)? {
             return Ok(lease.registered(created_at));
@@ -205,6 +202,15 @@ impl Shared {
         let mut lease = paths.connect(spec)?.ok_or_else(|| paths.failed(spec, "it exited as soon as it was ready"))?;
         lease.started_here = true;
         Ok(lease.registered(created_at))
+    }
+
+    /// Where this process's [`attach`](Self::attach) finds the keeper's socket: in the
+    /// ledger's `shared/`, named by the fixture's key (its name, and a hash of the spec with the
+    /// run, or with the user when reused). For diagnosis: `ls`, `ss -xl`, the `.log` beside it.
+    pub fn socket_path(&self) -> Result<PathBuf> {
+        self.check()?;
+        let owner = self.spec.reuse_idle.is_none().then(run_owner);
+        Ok(Paths::new(&self.shared_dir()?, &self.spec, owner.as_ref())?.sock)
     }
 
     fn shared_dir(&self) -> Result<PathBuf> {
@@ -345,17 +351,15 @@ impl Paths {
                 peer.uid
             )));
         }
-        conn.set_read_timeout(Some(ATTACH_TIMEOUT)).map_err(|e| Error::io("setting a read timeout", e))?;
-        let mut line = Vec::new();
-        let read = BufReader::new((&conn).take(MAX_SPEC_BYTES as u64)).read_until(b'\n', &mut line);
-        match read {
+        let line = match read_line(&mut &conn, sys::deadline_in(ATTACH_TIMEOUT)) {
+            Line::Got(line) => line,
             // A keeper that is ending closes new connections unanswered: as if none ran.
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(fail(format!("its keeper did not describe the fixture within {ATTACH_TIMEOUT:?}: {e}")))
+            Line::Eof => return Ok(None),
+            Line::TimedOut => {
+                return Err(fail(format!("its keeper did not describe the fixture within {ATTACH_TIMEOUT:?}")))
             }
-        }
+            Line::Failed(e) => return Err(fail(format!("reading its keeper's description: {e}"))),
+        };
         let info: FixtureInfo = serde_json::from_slice(&line)
             .map_err(|e| fail(format!("its keeper's description is not reapkit's ({e})")))?;
         if info.keeper.pid != peer.pid || info.name != spec.name {
@@ -443,23 +447,43 @@ enum ReadyLine {
     Failed(String),
 }
 
-/// The keeper's one line: `ready <pid>` or `error <why>`, within `timeout`.
-fn read_ready(out: std::process::ChildStdout, timeout: Duration) -> std::result::Result<ReadyLine, String> {
-    let deadline = Instant::now() + timeout;
+/// What a keeper said, read with a deadline for the whole line (a peer that trickles bytes
+/// cannot stretch it).
+enum Line {
+    /// Up to the first newline, or everything before EOF, or the first `MAX_SPEC_BYTES`.
+    Got(Vec<u8>),
+    /// EOF before any byte.
+    Eof,
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+fn read_line(from: &mut (impl Read + AsFd), deadline: Instant) -> Line {
     let mut line = Vec::new();
     let mut buf = [0u8; 4096];
-    let mut out = out;
     while !line.contains(&b'\n') && line.len() < MAX_SPEC_BYTES {
-        if !sys::wait_readable(out.as_fd(), deadline) {
-            return Err(format!("it was not ready within {timeout:?}"));
+        if !sys::wait_readable(from.as_fd(), deadline) {
+            return Line::TimedOut;
         }
-        match out.read(&mut buf) {
-            Ok(0) => return Err("its keeper exited without a word".into()),
+        match from.read(&mut buf) {
+            Ok(0) if line.is_empty() => return Line::Eof,
+            Ok(0) => break,
             Ok(n) => line.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("its keeper's pipe failed: {e}")),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {}
+            Err(e) => return Line::Failed(e),
         }
     }
+    Line::Got(line)
+}
+
+/// The keeper's one line: `ready <pid>` or `error <why>`, within `timeout`.
+fn read_ready(mut out: std::process::ChildStdout, timeout: Duration) -> std::result::Result<ReadyLine, String> {
+    let line = match read_line(&mut out, sys::deadline_in(timeout)) {
+        Line::Got(line) => line,
+        Line::Eof => return Err("its keeper exited without a word".into()),
+        Line::TimedOut => return Err(format!("it was not ready within {timeout:?}")),
+        Line::Failed(e) => return Err(format!("its keeper's pipe failed: {e}")),
+    };
     let text = String::from_utf8_lossy(&line);
     let text = text.lines().next().unwrap_or_default();
     match text.split_once(' ') {
