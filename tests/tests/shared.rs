@@ -299,9 +299,11 @@ fn under_reapkit_wrap_a_process_that_only_claims_to_be_a_keeper_is_ended_with_it
     let _ = bystander.wait();
 }
 
-/// A socket at the fixture's path served by something that is not its keeper: `serve` is what
-/// it does with the one connection.
-fn squatter(shared: &reapkit::Shared, serve: fn(&mut std::os::unix::net::UnixStream)) -> std::thread::JoinHandle<()> {
+/// What a squatter does with the one connection it gets.
+type Serve = fn(&mut std::os::unix::net::UnixStream);
+
+/// A socket at the fixture's path served by something that is not its keeper.
+fn squatter(shared: &reapkit::Shared, serve: Serve) -> std::thread::JoinHandle<()> {
     let path = shared.socket_path().expect("its socket path");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind the squatter");
     std::thread::spawn(move || {
@@ -317,7 +319,7 @@ fn squatter(shared: &reapkit::Shared, serve: fn(&mut std::os::unix::net::UnixStr
 fn a_socket_that_is_not_a_keepers_is_a_clear_error_within_the_deadline_and_starts_nothing() {
     use std::io::Write;
     let ledger = tempfile::tempdir().expect("a ledger");
-    let cases: [(fn(&mut std::os::unix::net::UnixStream), &str); 4] = [
+    let cases: [(Serve, &str); 4] = [
         (|c| drop(c.write_all(b"{\"not\": \"a description\"}\n")), "its keeper's description is not reapkit's"),
         (|c| drop(c.write_all("\u{1b}[31m garbage without an end".as_bytes())), "did not describe the fixture within"),
         (|_| {}, "did not describe the fixture within"),
