@@ -351,3 +351,54 @@ fn a_socket_that_is_not_a_keepers_is_a_clear_error_within_the_deadline_and_start
         assert!(keepers.is_empty(), "no keeper was started beside the squatter: {keepers:?}");
     }
 }
+
+#[test]
+fn a_shared_container_that_stops_ends_its_keeper_at_once_and_the_next_attach_starts_a_new_one() {
+    let name = format!("s{}", std::process::id());
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::S_IRWXU).expect("a fifo");
+    // Two test processes of one run, the second once the first one's container has stopped.
+    let user = format!("\"$SHARED_USER\" --container --name {name} <&3");
+    let mut run = Run::start(&format!("exec 3<&0; {user} & read x < {}; {user} & wait", go.display()));
+    let first = run.attached(1);
+    let (server, container) = (one_fixture(&first, "server", 1), one_fixture(&first, "container", 1));
+    let keeper = ProcId::of(container.keeper).expect("its keeper runs");
+    let trees = tree(keeper);
+    docker(&["kill", &container.what]);
+    let took = ended(&[keeper], &trees);
+    assert!(took < Duration::from_secs(1), "the keeper of a stopped container took {took:?} to end");
+    assert!(!container_exists(&container.what), "the stopped container was removed");
+
+    std::fs::write(&go, "go\n").expect("the second test starts");
+    let second = run.attached(1);
+    let again = second.iter().find(|a| a.kind == "container").expect("a container");
+    assert!(again.started_here && again.what != container.what, "a new container for the run: {again:?}");
+    let same = second.iter().find(|a| a.kind == "server").expect("a server");
+    assert!(!same.started_here && same.what == server.what, "the server is still the run's first: {same:?}");
+    let keepers: Vec<ProcId> = [server.keeper, again.keeper].into_iter().filter_map(ProcId::of).collect();
+    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| tree(*k)).collect();
+    drop(run);
+    ended(&keepers, &trees);
+    assert!(!container_exists(&again.what), "the run's second container is gone with the run");
+}
+
+#[test]
+fn a_lease_held_past_its_test_is_reported_with_the_line_that_attached_it() {
+    let name = format!("l{}", std::process::id());
+    let mut run = Run::start(&format!("\"$SHARED_USER\" --name {name} --forget-in-scope"));
+    let mut line = String::new();
+    run.out.read_line(&mut line).expect("the scope's verdict");
+    let expected = format!("`SharedFixture` of `{name}-server` created at tests/src/bin/shared-user.rs:");
+    assert!(line.starts_with("scope ") && line.contains(&expected) && line.contains("was never dropped"), "{line}");
+    assert!(
+        !line.contains("still open after the test"),
+        "its descriptor is the lease's, not a leak of its own: {line}"
+    );
+    // The run is over once its test process has exited: the fixture with it.
+    let keeper: i32 = line.split(' ').nth(1).and_then(|p| p.parse().ok()).expect("the keeper's pid");
+    if let Some(keeper) = ProcId::of(keeper) {
+        let trees = tree(keeper);
+        ended(&[keeper], &trees);
+    }
+}

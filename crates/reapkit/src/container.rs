@@ -425,6 +425,17 @@ impl Container {
         pid.ok().flatten().map(listeners_of).unwrap_or_default()
     }
 
+    /// Its first process as this machine's `/proc` shows it, proven by its cgroup naming the
+    /// container; `None` when it is not visible from here (a remote engine, another PID
+    /// namespace) or has stopped. What a waiter holds a pidfd of, to learn of its end at once.
+    pub(crate) fn first_process(&self) -> Option<crate::ProcId> {
+        let id = self.id.clone();
+        let pid = self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { Ok(init_pid(&docker, &id).await) });
+        let pid = pid.ok().flatten()?;
+        let cgroup = crate::containment::cgroup::cgroup_of(pid)?;
+        cgroup.contains(&self.id).then(|| crate::ProcId::of(pid)).flatten()
+    }
+
     /// The first TCP port its processes listen on (in its network namespace: the host's with
     /// `network_mode("host")`), for a container started with [`Ready::Listening`].
     pub fn port(&self) -> Option<u16> {

@@ -55,6 +55,8 @@ pub struct Stat {
     /// `R`, `S`, `D`, `Z`, ...
     pub state: u8,
     pub ppid: i32,
+    /// The kernel's per-process flags (`PF_*`).
+    pub flags: u32,
     pub pgrp: i32,
     pub num_threads: u64,
     pub start_time: u64,
@@ -81,6 +83,7 @@ impl Stat {
             state: field(3)?.as_bytes().first().copied()?,
             ppid: field(4)?.parse().ok()?,
             pgrp: field(5)?.parse().ok()?,
+            flags: field(9)?.parse().ok()?,
             num_threads: field(20)?.parse().ok()?,
             start_time: field(22)?.parse().ok()?,
             rss_pages: field(24)?.parse().ok()?,
@@ -89,6 +92,13 @@ impl Stat {
 
     pub fn is_zombie(&self) -> bool {
         self.state == b'Z' || self.state == b'X'
+    }
+
+    /// Whether it is exiting on its own (`PF_EXITING`): about to be a zombie, its environment
+    /// already unreadable.
+    pub fn is_exiting(&self) -> bool {
+        const PF_EXITING: u32 = 0x4;
+        self.flags & PF_EXITING != 0
     }
 }
 
@@ -421,6 +431,9 @@ mod tests {
         let s = Stat::parse(line).unwrap();
         assert_eq!((s.state, s.ppid, s.pgrp), (b'S', 1, 42));
         assert_eq!((s.num_threads, s.start_time, s.rss_pages), (3, 12345, 250));
+        assert!(!s.is_exiting(), "flags 4194560 lack PF_EXITING");
+        let exiting = b"42 (a) R 1 42 42 0 -1 4194564 100 0 0 0 1 2 0 0 20 0 3 0 12345 1000 250 1";
+        assert!(Stat::parse(exiting).unwrap().is_exiting());
     }
 
     #[test]

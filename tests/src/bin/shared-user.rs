@@ -9,7 +9,8 @@
 //! stdin closes, and exits 0. An attach that fails prints `error <why>` and exits 1.
 //! Flags: `--threads N`, `--container`, `--name S` (the fixtures' name prefix, default
 //! `suite`), `--ledger-dir D`, `--reuse-ms N` (reused across runs, ending N ms after its last
-//! lease).
+//! lease), `--forget-in-scope` (attach once inside a test scope, forget the lease, print the
+//! scope's verdict as one line `scope <keeper pid> <report>` and exit).
 
 use std::io::Read;
 use std::time::Duration;
@@ -41,6 +42,15 @@ fn main() {
     if let Some(ms) = value("--reuse-ms") {
         let idle = Duration::from_millis(ms.parse().expect("--reuse-ms N"));
         fixtures = fixtures.into_iter().map(|(kind, s)| (kind, s.reuse_for(idle))).collect();
+    }
+    if args.iter().any(|a| a == "--forget-in-scope") {
+        let scope = reapkit::TestScope::enter();
+        let lease = fixtures[0].1.attach().expect("attach");
+        let keeper = lease.info().keeper.pid;
+        std::mem::forget(lease);
+        let verdict = scope.finish().map_or_else(|report| report.to_string(), |_| "clean".into());
+        println!("scope {keeper} {}", verdict.replace('\n', " "));
+        return;
     }
     let leases: Vec<(&str, reapkit::SharedFixture)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

@@ -194,16 +194,17 @@ fn listen(paths: &Paths) -> io::Result<UnixListener> {
 enum Running {
     Server(ProcessGuard),
     #[cfg(feature = "docker")]
-    Container(#[allow(dead_code, reason = "held for its drop, which removes the container")] crate::Container),
+    Container(crate::Container),
 }
 
 impl Running {
-    /// A server's leader, whose exit ends the fixture.
+    /// The process whose exit ends the fixture: a server's leader, a container's first process
+    /// (where this machine sees it; else a stopped container goes unnoticed until the run ends).
     fn server(&self) -> Option<Member> {
         match self {
             Running::Server(guard) => Member::open(guard.proc_id()),
             #[cfg(feature = "docker")]
-            Running::Container(_) => None,
+            Running::Container(container) => container.first_process().and_then(Member::open),
         }
     }
 }
@@ -299,7 +300,7 @@ impl Keeper<'_> {
                 return "its run is over: the run owner exited".into();
             }
             if server_at.is_some_and(|i| ready.contains(&i)) {
-                return "its server exited".into();
+                return "its server exited, or its container stopped".into();
             }
             if let Some(idle) = reuse_idle.filter(|_| self.leases.is_empty() && Instant::now() >= deadline) {
                 return format!("no test attached for {idle:?}");

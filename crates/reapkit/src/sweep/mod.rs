@@ -644,7 +644,10 @@ impl Findings {
             if self.judge.spared.contains(&d.pid) {
                 continue;
             }
-            if Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) || !(any_uid || procfs::is_ours(d.pid)) {
+            // One exiting on its own (a keeper that just ended its fixture) is gone, as a zombie
+            // is: its markers can no longer be read, and there is nothing left to end.
+            let ended = Stat::read(d.pid).is_ok_and(|s| s.is_zombie() || s.is_exiting());
+            if ended || !(any_uid || procfs::is_ours(d.pid)) {
                 continue;
             }
             let own = processes::markers_of(d.pid);
