@@ -64,6 +64,19 @@
 //! scope.finish().expect("nothing leaked");
 //! ```
 //!
+//! **Servers that listen** ([`ProcessBuilder::listen`], `Ready::Listening` with `docker`) are
+//! ready when a socket of their own tree listens, with the port it bound; **shared fixtures**
+//! ([`Shared`]) are started once per run, by whichever test asks first — across nextest's
+//! processes and `cargo test`'s threads — and gone when the run ends.
+//!
+//! ```no_run
+//! use reapkit::{Listen, Shared};
+//! let web = Shared::command("web", ["python3", "-m", "http.server", "0"]).listen(Listen::Tcp(0)).attach()?;
+//! let port = web.port().expect("listening");
+//! # let _ = port;
+//! # Ok::<(), reapkit::Error>(())
+//! ```
+//!
 //! **Budgets** ([`Budget`]) check a server's RSS, FDs, threads and descendants across a
 //! workload: `server.process().watch(Budget::new().fds(Limit::Flat))?`, then `watch.sample()?`.
 //!

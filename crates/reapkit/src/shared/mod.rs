@@ -1,6 +1,6 @@
 //! Fixtures shared by a whole run: one server or container per run, whatever runs the tests.
 //!
-//! A [`Shared`] is a declarative spec (an argv with its readiness, or a [`ContainerBuilder`])
+//! A [`Shared`] is a declarative spec (an argv with its readiness, or a `ContainerBuilder`)
 //! that any test of a run asks for by name with [`Shared::attach`]. The first asker starts a
 //! *fixture keeper* — the test binary re-executed, like the watchdog — which starts the fixture
 //! with a guard of its own and serves a Unix socket beside the ledger; every later asker, in
