@@ -420,20 +420,22 @@ impl Container {
 
     /// What its processes listen on, seen from `/proc` (empty once it stopped).
     pub fn listeners(&self) -> Vec<crate::Listener> {
-        let id = self.id.clone();
-        let pid = self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { Ok(init_pid(&docker, &id).await) });
-        pid.ok().flatten().map(listeners_of).unwrap_or_default()
+        self.first_pid().map(listeners_of).unwrap_or_default()
     }
 
     /// Its first process as this machine's `/proc` shows it, proven by its cgroup naming the
     /// container; `None` when it is not visible from here (a remote engine, another PID
     /// namespace) or has stopped. What a waiter holds a pidfd of, to learn of its end at once.
     pub(crate) fn first_process(&self) -> Option<crate::ProcId> {
-        let id = self.id.clone();
-        let pid = self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { Ok(init_pid(&docker, &id).await) });
-        let pid = pid.ok().flatten()?;
+        let pid = self.first_pid()?;
         let cgroup = crate::containment::cgroup::cgroup_of(pid)?;
         cgroup.contains(&self.id).then(|| crate::ProcId::of(pid)).flatten()
+    }
+
+    /// The engine's host pid of its first process, while it runs.
+    fn first_pid(&self) -> Option<i32> {
+        let id = self.id.clone();
+        self.engine.run(CALL_LIMIT, "inspect", move |docker| async move { Ok(init_pid(&docker, &id).await) }).ok()?
     }
 
     /// The first TCP port its processes listen on (in its network namespace: the host's with

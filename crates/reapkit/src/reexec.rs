@@ -23,12 +23,11 @@ fn entry() {
     if let Some(owner) = std::env::var_os(ENV_KEEPER) {
         keeper::run(&owner.to_string_lossy());
     }
+    // A fixture keeper's guard gets a watchdog too, like any test process's first guard.
+    crate::registry::listen(crate::watchdog::ensure);
     if let Some(spec) = std::env::var_os(ENV_SHARED_SPEC) {
-        // Its fixture's guard gets a watchdog, like any test process's first guard.
-        crate::registry::listen(crate::watchdog::ensure);
         crate::shared::keeper_main(spec);
     }
-    crate::registry::listen(crate::watchdog::ensure);
     // What the process has before any test runs: what a shared test scope compares against.
     crate::scope::unpinned::take_baseline();
 }

@@ -162,10 +162,9 @@ fn run_owner() -> Result<Option<(OwnerId, Member)>, String> {
 static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    let fd = STOP_FD.load(Ordering::Relaxed);
-    let one: u64 = 1;
-    // SAFETY: write is async-signal-safe; 8 bytes from a valid u64 to the eventfd.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    // SAFETY: the eventfd is stored before any handler is installed and never closed; the
+    // notification is one write(2), which is async-signal-safe.
+    sys::eventfd_notify(unsafe { std::os::fd::BorrowedFd::borrow_raw(STOP_FD.load(Ordering::Relaxed)) });
 }
 
 /// SIGTERM, SIGINT and SIGHUP make the eventfd readable: the keeper then ends its fixture, as

@@ -386,17 +386,13 @@ impl Paths {
             .map_err(|e| Error::io(&format!("creating {}", self.log.display()), e))?;
         let mut cmd = Command::new("/proc/self/exe");
         cmd.arg0("reapkit-shared").arg(keeper::KEEPER_ARG);
-        // reapkit's markers are the keeper's own, never the asking test's.
+        // reapkit's markers are the keeper's own, never the asking test's; of its settings,
+        // those its fixture's guard reads pass through.
+        let kept = [crate::containment::ENV_CONTAINMENT, crate::ENV_TERM_GRACE, crate::ENV_EOF_GRACE];
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REAPKIT_") && key != "REAPKIT_CONTAINMENT"
-                || key == "NEXTEST_TEST_NAME"
-            {
+            let text = key.to_string_lossy();
+            if text.starts_with("REAPKIT_") && !kept.contains(&&*text) || text == "NEXTEST_TEST_NAME" {
                 cmd.env_remove(key);
-            }
-        }
-        for var in [crate::ENV_TERM_GRACE, crate::ENV_EOF_GRACE] {
-            if let Some(v) = std::env::var_os(var) {
-                cmd.env(var, v);
             }
         }
         cmd.env(ENV_SHARED, &self.key)

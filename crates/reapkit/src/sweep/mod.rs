@@ -231,13 +231,12 @@ impl Sweep {
         let me = ProcId::of(std::process::id() as i32);
         if let (true, Some(me)) = (self.scope.supervises(), me) {
             f.judge.tree = procfs::descendants(me.pid).iter().map(|d| d.pid).collect();
-            if let Scope::Wrapped { .. } = self.scope {
-                f.judge.spared = f.judge.live_shared_fixtures();
-                f.judge.tree.retain(|pid| !f.judge.spared.contains(pid));
-            }
         }
         let mut scan = MarkerScan::new();
         let mut marked = scan.scan(|_, environ| Markers::parse(environ));
+        if let Scope::Wrapped { .. } = self.scope {
+            f.judge.spare_live_shared_fixtures(&marked);
+        }
         if self.waits_for_watchdogs() && self.wait_for_watchdogs(&marked, &mut f.judge) {
             marked = scan.scan(|_, environ| Markers::parse(environ));
         }

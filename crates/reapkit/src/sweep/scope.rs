@@ -5,6 +5,9 @@
 //! is unchecked, never presumed dead.
 
 use crate::identity::{Namespaces, OwnerId, Whereabouts};
+use crate::procfs::ProcId;
+
+use super::processes::Markers;
 
 use super::report::Health;
 
@@ -122,21 +125,22 @@ impl Judge {
         Judge { scope, ns: Namespaces::new(), host, tree: Vec::new(), spared: Vec::new() }
     }
 
-    /// The shared fixtures in the tree that `reapkit wrap` must leave: a keeper (by its marker)
-    /// whose run owner is alive *and* our ancestor — the nextest that runs this test, so the
-    /// run goes on — with its whole tree. Once the run is over none qualifies.
-    pub(crate) fn live_shared_fixtures(&mut self) -> Vec<i32> {
+    /// Takes out of the tree the shared fixtures that `reapkit wrap` must leave: a keeper of the
+    /// tree (by the markers the scan read) whose run owner is alive *and* our ancestor — the
+    /// nextest that runs this test, so the run goes on — with its whole tree. Once the run is
+    /// over none qualifies.
+    pub(crate) fn spare_live_shared_fixtures(&mut self, marked: &[(ProcId, Markers)]) {
         let ancestors = crate::procfs::self_and_ancestors();
         let mut spared = Vec::new();
-        for &pid in &self.tree {
-            let m = super::processes::markers_of(pid);
+        for (id, m) in marked.iter().filter(|(id, _)| self.tree.contains(&id.pid)) {
             let (Some(_), Some(owner), None) = (&m.shared, &m.owner, &m.malformed) else { continue };
             if matches!(self.ns.owner(owner), Whereabouts::Alive(here) if ancestors.contains(&here.pid)) {
-                spared.push(pid);
-                spared.extend(crate::procfs::descendants(pid).iter().map(|d| d.pid));
+                spared.push(id.pid);
+                spared.extend(crate::procfs::descendants(id.pid).iter().map(|d| d.pid));
             }
         }
-        spared
+        self.tree.retain(|pid| !spared.contains(pid));
+        self.spared = spared;
     }
 
     pub(crate) fn verdict(&mut self, claim: &Claim<'_>) -> Verdict {
