@@ -11,20 +11,17 @@
 //! has a name of its own and `reuse_for(1 s)`, so it ends a second after its round.
 //! Run: `cargo xtask bench` (or `cargo bench -p reapkit-tests --bench shared`).
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use reapkit::{Container, Listen, ProcessGuard, Shared};
-use reapkit_tests::{bench_rounds, fixture, fixture_path, ms, print_table, timed, Samples};
+use reapkit_tests::{answer, bench_rounds, fixture, fixture_path, ms, print_table, timed, Samples};
 
 const TESTS: usize = 50;
 const IMAGE: &str = "reapkit-busybox:latest";
 
 /// What a test does with the server: one connection, answered by it.
 fn use_server(port: u16) {
-    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server accepts");
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).expect("its answer");
+    let line = answer(port);
     assert!(line.starts_with("fixture-server"), "{line}");
 }
 

@@ -150,6 +150,52 @@ pub fn end_by_token(token: &str) {
     });
 }
 
+/// The line the fixture server's `--listen-tcp` answers a connection to `port` with:
+/// `fixture-server <pid>` — proof that the port is that server's.
+pub fn answer(port: u16) -> String {
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the port accepts");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("a read timeout");
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).expect("its answer");
+    line.trim().to_owned()
+}
+
+/// Waits (by pidfd, up to 10 s) for `id` to exit; panics naming `what` if it has not.
+pub fn wait_exit(id: ProcId, what: &str) {
+    // SAFETY: plain syscalls on integers; the fd is ours and closed here.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, id.pid, 0) as i32;
+        if fd >= 0 {
+            let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            libc::poll(&mut poll, 1, 10_000);
+            libc::close(fd);
+        }
+    }
+    assert!(!id.is_alive() || is_zombie(id.pid), "{what} (pid {}) did not exit within 10 s", id.pid);
+}
+
+/// A shared fixture's keeper and everything below it (its fixture's tree, its watchdog),
+/// taken while it runs.
+pub fn keeper_tree(keeper: ProcId) -> Vec<ProcId> {
+    std::iter::once(keeper).chain(procfs::descendants(keeper.pid)).collect()
+}
+
+/// Waits for every keeper of `keepers` to exit — after its fixture is torn down — and returns
+/// how long that took; then for the rest of their `trees` (a watchdog finishing its sweep).
+pub fn keepers_ended(keepers: &[ProcId], trees: &[ProcId]) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    for keeper in keepers {
+        wait_exit(*keeper, "a keeper whose run is over");
+    }
+    let took = started.elapsed();
+    for id in trees {
+        wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || {
+            (!id.is_alive() || is_zombie(id.pid)).then_some(())
+        });
+    }
+    took
+}
+
 /// Whether `pid` exists as a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
     procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())

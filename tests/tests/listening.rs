@@ -6,15 +6,13 @@
 //! The fixture's `--listen-tcp PORT` binds `127.0.0.1:PORT` and logs `3001` whatever it bound,
 //! as servers that log the port they were asked for do.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use reapkit::listening::holders_of_port;
 use reapkit::{Containment, Error, Listen, ProcessGuard};
 use reapkit_tests::sweep_sandbox::{clean_env, Sandbox, Spawned, Swept};
 use reapkit_tests::{
-    dead_owner, fixture, fixture_path, leak_checked, live_owner, reapkit_cli, tree_of, wait_until, Decoy,
+    answer, dead_owner, fixture, fixture_path, leak_checked, live_owner, reapkit_cli, tree_of, wait_until, Decoy,
 };
 use serial_test::serial;
 
@@ -23,15 +21,6 @@ const MODES: [Containment; 3] = [Containment::Cgroup, Containment::Keeper, Conta
 /// A port no process listens on right now (the kernel's pick for port 0, released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
-/// The line the fixture answers a connection to `port` with: `fixture-server <pid>`.
-fn answer(port: u16) -> String {
-    let conn = TcpStream::connect(("127.0.0.1", port)).expect("the port accepts");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).expect("its answer");
-    line.trim().to_owned()
 }
 
 fn me() -> i32 {

@@ -6,14 +6,13 @@
 //! processes are `shared-user`s, each attaching from threads and holding its leases.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reapkit::run_stats::{self, RunStats};
 use reapkit::ProcId;
 use reapkit_tests::docker::docker;
-use reapkit_tests::{reapkit_cli, token, wait_until};
+use reapkit_tests::{answer, keeper_tree, keepers_ended, reapkit_cli, token, wait_until};
 
 fn shared_user() -> String {
     reapkit_tests::fixture_path().with_file_name("shared-user").to_string_lossy().into_owned()
@@ -106,52 +105,8 @@ fn one_fixture(attached: &[Attached], kind: &str, n: usize) -> Attached {
     first.clone()
 }
 
-/// The server's answer on its port: `fixture-server <pid>` — the port is the guarded server's.
-fn answer(port: u16) -> String {
-    let conn = TcpStream::connect(("127.0.0.1", port)).expect("the port accepts");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).expect("its answer");
-    line.trim().to_owned()
-}
-
 fn pid_of(what: &str) -> ProcId {
     ProcId::of(what.parse().expect("a pid")).expect("alive")
-}
-
-/// A keeper and everything below it (its fixture's tree, its watchdog): taken while it runs.
-fn tree(keeper: ProcId) -> Vec<ProcId> {
-    std::iter::once(keeper).chain(reapkit::procfs::descendants(keeper.pid)).collect()
-}
-
-/// Waits for every keeper of `keepers` to exit — after its fixture is torn down — and returns
-/// how long that took; then for the rest of their trees (a watchdog finishing its sweep).
-fn ended(keepers: &[ProcId], trees: &[ProcId]) -> Duration {
-    let started = Instant::now();
-    for keeper in keepers {
-        exited(*keeper);
-    }
-    let took = started.elapsed();
-    for id in trees {
-        wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || {
-            (!id.is_alive() || reapkit_tests::is_zombie(id.pid)).then_some(())
-        });
-    }
-    took
-}
-
-/// Waits (by pidfd, up to 10 s) for `keeper` to exit.
-fn exited(keeper: ProcId) {
-    // SAFETY: plain syscalls on integers; the fd is ours and closed below.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, keeper.pid, 0) as i32;
-        if fd >= 0 {
-            let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            libc::poll(&mut poll, 1, 10_000);
-            libc::close(fd);
-        }
-    }
-    assert!(!keeper.is_alive() || reapkit_tests::is_zombie(keeper.pid), "the keeper outlived its run");
 }
 
 fn container_exists(id: &str) -> bool {
@@ -193,9 +148,9 @@ fn twenty_attaches_from_threads_and_processes_start_one_server_and_one_container
     assert_eq!(answer(server.port.expect("a port")), format!("fixture-server {}", server_pid.pid));
 
     // The runner SIGKILLed: the run is over, and so are its fixtures.
-    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| tree(*k)).collect();
+    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| keeper_tree(*k)).collect();
     run.sh.kill().expect("kill the run");
-    let took = ended(&keepers, &trees);
+    let took = keepers_ended(&keepers, &trees);
     assert!(took < Duration::from_secs(1), "the fixtures ended {took:?} after the run");
     assert!(!server_pid.is_alive() || reapkit_tests::is_zombie(server_pid.pid), "the server outlived its run");
     assert!(!container_exists(&container.what), "the container outlived its run");
@@ -217,9 +172,9 @@ fn under_reapkit_wrap_the_fixture_outlives_the_test_that_started_it_and_ends_wit
     let keeper = ProcId::of(server.keeper).expect("the first test's wrap left the fixture running");
     assert_eq!(answer(server.port.expect("a port")), format!("fixture-server {}", server.what));
 
-    let trees = tree(keeper);
+    let trees = keeper_tree(keeper);
     run.sh.stdin.take();
-    let took = ended(&[keeper], &trees);
+    let took = keepers_ended(&[keeper], &trees);
     assert!(took < Duration::from_secs(1), "the fixture ended {took:?} after the run");
     let status = run.sh.wait().expect("the run's status");
     assert!(status.success(), "neither wrap found a leak: {status}");
@@ -240,7 +195,7 @@ fn a_sweep_leaves_a_running_runs_fixture_alone_and_reaps_an_ended_runs_as_its_le
     assert!(keeper.is_alive() && server_pid.is_alive(), "a live run's fixture was touched");
 
     // A keeper that cannot end its fixture (stopped) once its run is over: the sweep's to take.
-    let trees = tree(keeper);
+    let trees = keeper_tree(keeper);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper.pid), nix::sys::signal::SIGSTOP).expect("stop it");
     let users = users_of(run.sh.id() as i32);
     run.sh.kill().expect("end the run");
@@ -253,7 +208,7 @@ fn a_sweep_leaves_a_running_runs_fixture_alone_and_reaps_an_ended_runs_as_its_le
     assert_eq!(out.status.code(), Some(1), "the ended run's fixture is its leak:\n{text}");
     assert!(text.contains(&format!("shared:{name}-server")), "the leak names the fixture:\n{text}");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper.pid), nix::sys::signal::SIGCONT);
-    ended(&[keeper], &trees);
+    keepers_ended(&[keeper], &trees);
 }
 
 #[test]
@@ -273,10 +228,10 @@ fn a_fixture_reused_across_runs_serves_the_next_run_and_ends_after_its_idle_time
     let joined = second.attached(1).pop().expect("one attach");
     assert!(!joined.started_here && joined.keeper == started.keeper, "the next run joins it: {joined:?}");
     assert_eq!(answer(joined.port.expect("a port")), format!("fixture-server {}", joined.what));
-    let trees = tree(keeper);
+    let trees = keeper_tree(keeper);
     drop(second);
     // No lease left: it ends after its idle time, by itself.
-    ended(&[keeper], &trees);
+    keepers_ended(&[keeper], &trees);
 }
 
 #[test]
@@ -364,9 +319,9 @@ fn a_shared_container_that_stops_ends_its_keeper_at_once_and_the_next_attach_sta
     let first = run.attached(1);
     let (server, container) = (one_fixture(&first, "server", 1), one_fixture(&first, "container", 1));
     let keeper = ProcId::of(container.keeper).expect("its keeper runs");
-    let trees = tree(keeper);
+    let trees = keeper_tree(keeper);
     docker(&["kill", &container.what]);
-    let took = ended(&[keeper], &trees);
+    let took = keepers_ended(&[keeper], &trees);
     assert!(took < Duration::from_secs(1), "the keeper of a stopped container took {took:?} to end");
     assert!(!container_exists(&container.what), "the stopped container was removed");
 
@@ -377,9 +332,9 @@ fn a_shared_container_that_stops_ends_its_keeper_at_once_and_the_next_attach_sta
     let same = second.iter().find(|a| a.kind == "server").expect("a server");
     assert!(!same.started_here && same.what == server.what, "the server is still the run's first: {same:?}");
     let keepers: Vec<ProcId> = [server.keeper, again.keeper].into_iter().filter_map(ProcId::of).collect();
-    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| tree(*k)).collect();
+    let trees: Vec<ProcId> = keepers.iter().flat_map(|k| keeper_tree(*k)).collect();
     drop(run);
-    ended(&keepers, &trees);
+    keepers_ended(&keepers, &trees);
     assert!(!container_exists(&again.what), "the run's second container is gone with the run");
 }
 
@@ -398,7 +353,7 @@ fn a_lease_held_past_its_test_is_reported_with_the_line_that_attached_it() {
     // The run is over once its test process has exited: the fixture with it.
     let keeper: i32 = line.split(' ').nth(1).and_then(|p| p.parse().ok()).expect("the keeper's pid");
     if let Some(keeper) = ProcId::of(keeper) {
-        let trees = tree(keeper);
-        ended(&[keeper], &trees);
+        let trees = keeper_tree(keeper);
+        keepers_ended(&[keeper], &trees);
     }
 }

@@ -193,24 +193,9 @@ fn one_of_each(notes: &[SharedNote], tests: usize) -> SharedNote {
 /// The fixtures' keepers exit within a second (by pidfd) — after removing the container and
 /// ending the server — and nothing of them is left.
 fn gone_within_a_second(note: &SharedNote, trees: &[ProcId]) {
-    let started = std::time::Instant::now();
-    for keeper in [note.web_keeper, note.db_keeper].into_iter().filter_map(ProcId::of) {
-        // SAFETY: plain syscalls on integers; the fd is ours and closed here.
-        unsafe {
-            let fd = libc::syscall(libc::SYS_pidfd_open, keeper.pid, 0) as i32;
-            if fd >= 0 {
-                let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                libc::poll(&mut poll, 1, 10_000);
-                libc::close(fd);
-            }
-        }
-    }
-    let took = started.elapsed();
+    let keepers: Vec<ProcId> = [note.web_keeper, note.db_keeper].into_iter().filter_map(ProcId::of).collect();
+    let took = reapkit_tests::keepers_ended(&keepers, trees);
     assert!(took < std::time::Duration::from_secs(1), "the shared fixtures outlived their run by {took:?}");
-    let gone = |id: &ProcId| !id.is_alive() || is_zombie(id.pid);
-    for id in trees {
-        reapkit_tests::wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || gone(id).then_some(()));
-    }
     let left = reapkit_tests::docker::docker(&["ps", "-aq", "--filter", &format!("id={}", note.container)]);
     assert!(left.trim().is_empty(), "the shared container outlived its run");
 }
