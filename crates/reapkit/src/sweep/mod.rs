@@ -854,10 +854,12 @@ impl Findings {
 fn guarantee_notes(caps: &crate::Capabilities) -> Vec<String> {
     use crate::capabilities::Guarantee;
     let gaps: Vec<String> = caps
-        .gaps()
-        .map(|(concern, g)| match g {
-            Guarantee::Partial(what) => format!("guarantee only partly held here: {concern}: {what}"),
-            Guarantee::Missing(why) | Guarantee::Full(why) => format!("guarantee NOT held here: {concern}: {why}"),
+        .guarantees
+        .iter()
+        .filter_map(|(concern, g)| match g {
+            Guarantee::Full(_) => None,
+            Guarantee::Partial(what) => Some(format!("guarantee only partly held here: {concern}: {what}")),
+            Guarantee::Missing(why) => Some(format!("guarantee NOT held here: {concern}: {why}")),
         })
         .collect();
     if !gaps.is_empty() {
