@@ -31,7 +31,7 @@ pub enum Error {
     /// The operating system lacks something reapkit cannot work without.
     #[error(
         "{what} is not available: {source}. {}",
-        fd_limit_hint(source).unwrap_or_else(|| "reapkit needs Linux ≥ 5.3 with /proc mounted".into())
+        fd_limit_hint(source).unwrap_or_else(|| unsupported_hint().into())
     )]
     Unsupported { what: &'static str, source: std::io::Error },
 
@@ -184,6 +184,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Reports a problem where the user will see it: through `tracing` when a subscriber is
 /// installed, else on stderr (which the test harness shows for failed tests). For what `Drop`
 /// and background work cannot return.
+/// What to do when the OS lacks something: where each backend's limits are written down.
+fn unsupported_hint() -> &'static str {
+    if crate::os::PROC_TABLE {
+        "reapkit needs Linux ≥ 5.3 with /proc mounted"
+    } else {
+        "this OS gets reapkit's portable backend: `reapkit::capabilities()` and the README's \"What holds where\" \
+         say what it gives; for the rest, run the test on Linux"
+    }
+}
+
 pub(crate) fn warn(message: &str) {
     if tracing::dispatcher::has_been_set() {
         tracing::warn!("{message}");

@@ -104,8 +104,14 @@ fn process_lifetime() -> std::sync::MutexGuard<'static, Vec<Fd>> {
     PROCESS_LIFETIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Records our descriptor `fd` as open for the rest of the process's life.
+pub(crate) fn note_own_lifetime(fd: i32) {
+    if let Some(target) = target_of_own(fd) {
+        note_process_lifetime(std::iter::once(&Fd { fd, kind: kind_of(&target), target }));
+    }
+}
+
 /// Records `fds` as open for the rest of the process's life.
-#[cfg(feature = "docker")]
 pub(crate) fn note_process_lifetime<'a>(fds: impl Iterator<Item = &'a Fd>) {
     let mut known = process_lifetime();
     for fd in fds {
@@ -127,11 +133,65 @@ pub(crate) fn numbers(pid: i32) -> io::Result<Vec<i32>> {
     numbers_in(&mut fd_dir(pid)?, pid)
 }
 
-/// `/proc/<pid>/fd`, opened as a directory.
+/// `/proc/<pid>/fd`, opened as a directory; on the portable backend `/dev/fd`, which lists
+/// this process's own descriptors only.
 fn fd_dir(pid: i32) -> io::Result<nix::dir::Dir> {
     use nix::fcntl::OFlag;
+    let path = if crate::os::PROC_TABLE {
+        format!("/proc/{pid}/fd")
+    } else if pid as u32 == std::process::id() {
+        "/dev/fd".to_owned()
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the portable backend lists only this process's own descriptors (/dev/fd)",
+        ));
+    };
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    Ok(nix::dir::Dir::open(format!("/proc/{pid}/fd").as_str(), flags, nix::sys::stat::Mode::empty())?)
+    Ok(nix::dir::Dir::open(path.as_str(), flags, nix::sys::stat::Mode::empty())?)
+}
+
+/// What descriptor `fd` of this process refers to, in the form of `/proc/self/fd`'s links.
+pub(crate) fn target_of_own(fd: i32) -> Option<String> {
+    if crate::os::PROC_TABLE {
+        return std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|t| t.display().to_string());
+    }
+    describe_own(fd)
+}
+
+/// Without `/proc`: what `fstat` says of our own descriptor — `pipe:[inode]`,
+/// `socket:[inode]`, `file:[device:inode]` (the path, on macOS), `anon_inode:[inode]`.
+fn describe_own(fd: i32) -> Option<String> {
+    // SAFETY: stat is plain data; fstat fills it for a descriptor number (a closed one fails).
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a stat we own.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    let ino = st.st_ino as u64;
+    Some(match st.st_mode & libc::S_IFMT {
+        libc::S_IFIFO => format!("pipe:[{ino}]"),
+        libc::S_IFSOCK => format!("socket:[{ino}]"),
+        0 => format!("anon_inode:[{ino}]"),
+        _ => path_of_own(fd).unwrap_or_else(|| format!("file:[{}:{ino}]", st.st_dev as u64)),
+    })
+}
+
+/// The path of an open file, where the OS keeps one (`F_GETPATH`).
+#[cfg(target_vendor = "apple")]
+fn path_of_own(fd: i32) -> Option<String> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: F_GETPATH writes at most PATH_MAX bytes into a buffer of that size.
+    if unsafe { libc::fcntl(fd, libc::F_GETPATH, buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn path_of_own(_fd: i32) -> Option<String> {
+    None
 }
 
 /// The descriptor numbers listed in `dir` (of `pid`), not counting the directory's own
@@ -157,8 +217,12 @@ fn list(pid: i32) -> io::Result<Vec<Fd>> {
     let mut fds = Vec::new();
     for fd in numbers_in(&mut dir, pid)? {
         // Closed since the listing: not open, so not in the snapshot.
-        let Ok(target) = nix::fcntl::readlinkat(&dir, fd.to_string().as_str()) else { continue };
-        let target = target.to_string_lossy().into_owned();
+        let target = if crate::os::PROC_TABLE {
+            nix::fcntl::readlinkat(&dir, fd.to_string().as_str()).ok().map(|t| t.to_string_lossy().into_owned())
+        } else {
+            describe_own(fd)
+        };
+        let Some(target) = target else { continue };
         fds.push(Fd { fd, kind: kind_of(&target), target });
     }
     fds.sort_by_key(|f| f.fd);
@@ -170,7 +234,7 @@ fn kind_of(target: &str) -> FdKind {
         t if t.starts_with("pipe:") => FdKind::Pipe,
         t if t.starts_with("socket:") => FdKind::Socket,
         t if t.starts_with("anon_inode:") => FdKind::AnonInode,
-        t if t.starts_with('/') => FdKind::File,
+        t if t.starts_with('/') || t.starts_with("file:") => FdKind::File,
         _ => FdKind::Other,
     }
 }

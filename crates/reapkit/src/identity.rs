@@ -33,8 +33,8 @@ impl Viewpoint {
     pub fn current() -> &'static Viewpoint {
         static VIEW: OnceLock<Viewpoint> = OnceLock::new();
         VIEW.get_or_init(|| {
-            let boot = read_boot_id().unwrap_or_default();
-            let pidns = pidns_of("self").unwrap_or(0);
+            let boot = crate::os::boot_id().unwrap_or_default();
+            let pidns = crate::os::pidns_of("self").unwrap_or(0);
             let consistent = check_consistent(&boot, pidns);
             Viewpoint { boot, pidns, consistent }
         })
@@ -53,6 +53,17 @@ impl Viewpoint {
 }
 
 fn check_consistent(boot: &str, pidns: u64) -> Result<(), String> {
+    if !crate::os::PROC_TABLE {
+        // The portable backend: no /proc to agree with, no PID namespaces it could see.
+        return if valid_boot_id(boot) {
+            Ok(())
+        } else {
+            Err(format!(
+                "this OS ({}) gives reapkit no boot identity to tell its processes apart by",
+                std::env::consts::OS
+            ))
+        };
+    }
     if !valid_boot_id(boot) {
         return Err("/proc/sys/kernel/random/boot_id is missing or malformed: mount /proc".into());
     }
@@ -70,21 +81,9 @@ fn check_consistent(boot: &str, pidns: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn read_boot_id() -> Option<String> {
-    let mut buf = Vec::with_capacity(64);
-    procfs::read_into("/proc/sys/kernel/random/boot_id", &mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf).trim().to_owned())
-}
-
 /// A boot id as the kernel prints it: 36 characters of lowercase hex and dashes.
 fn valid_boot_id(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-')
-}
-
-/// The inode of `/proc/<pid>/ns/pid` (`pid` may be `self`).
-fn pidns_of(pid: &str) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
-    link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// The owner of a resource: a process on a given boot, in a given PID namespace.
@@ -137,7 +136,7 @@ impl std::str::FromStr for OwnerId {
             return Err(bad());
         };
         match (pid.parse::<i32>(), start.parse::<u64>(), ns.parse::<u64>()) {
-            (Ok(pid), Ok(start_time), Ok(pidns)) if pid > 0 && pidns > 0 && valid_boot_id(boot) => {
+            (Ok(pid), Ok(start_time), Ok(pidns)) if pid > 0 && crate::os::valid_pidns(pidns) && valid_boot_id(boot) => {
                 Ok(OwnerId { process: ProcId { pid, start_time }, pidns, boot: boot.to_owned() })
             }
             _ => Err(bad()),
@@ -236,7 +235,7 @@ impl NsTable {
         let mut table = NsTable::default();
         let mut buf = Vec::with_capacity(2048);
         for pid in procfs::pids() {
-            let Some(ns) = pidns_of(&pid.to_string()) else {
+            let Some(ns) = crate::os::pidns_of(&pid.to_string()) else {
                 // Gone in between, or not ours to read.
                 table.unreadable += usize::from(std::path::Path::new(&format!("/proc/{pid}")).exists());
                 continue;
@@ -244,7 +243,7 @@ impl NsTable {
             if ns == mine {
                 continue;
             }
-            if procfs::read_into(&format!("/proc/{pid}/status"), &mut buf).is_err() {
+            if procfs::path(format_args!("{pid}/status")).and_then(|p| procfs::read_into(&p, &mut buf)).is_err() {
                 continue;
             }
             let inner = String::from_utf8_lossy(&buf)

@@ -94,22 +94,21 @@
 //! std::process::exit(report.exit_code);
 //! ```
 //!
-//! **What holds where**: [`capabilities()`] says, concern by concern, what this machine gives
-//! (see the table in [`capabilities`](mod@capabilities)); `reapkit ps` prints what does not hold.
+//! **What holds where**: on Linux, everything above; on macOS, the BSDs and other Unix, the
+//! portable backend ([`Backend`]): guards hold the process group their child leads, FD checks
+//! read `/dev/fd`, and there is no process table to sweep. [`capabilities()`] says, concern by
+//! concern, what this machine gives (see the table in [`capabilities`](mod@capabilities));
+//! `reapkit ps`, a [`Teardown`] and a failing test's report say what does not hold.
 //!
 //! `ARCHITECTURE.md` in the repository holds the map and the ownership contract (marker values,
 //! labels, ledger format, exit codes).
 
-#[cfg(windows)]
+#[cfg(not(unix))]
 compile_error!(
-    "reapkit does not support Windows (out of scope: no process trees, pidfds or /proc to prove ownership \
-     by). Supported target: Linux 5.3 or later (x86_64, aarch64 and any other Linux architecture), WSL2 included"
-);
-#[cfg(all(unix, not(target_os = "linux")))]
-compile_error!(
-    "reapkit builds on Linux 5.3 or later only, for now (it relies on pidfds, /proc and \
-     PR_SET_CHILD_SUBREAPER); the portable Unix backend for macOS and the BSDs is not built yet. \
-     Make it a Linux-only dev-dependency: [target.'cfg(target_os = \"linux\")'.dev-dependencies]"
+    "reapkit does not support Windows or other non-Unix targets (out of scope: no process groups, signals or \
+     file descriptors to prove ownership by). Supported: Linux 5.3 or later (any architecture, WSL2 included) \
+     with the full guarantees; macOS, FreeBSD and other Unix with the portable backend (see the README's \
+     \"What holds where\")"
 );
 
 mod budget;
@@ -130,6 +129,7 @@ mod mcp;
 mod member;
 #[cfg(feature = "async")]
 mod offload;
+mod os;
 pub mod ownership;
 mod process;
 pub mod procfs;
@@ -143,7 +143,6 @@ pub mod shared;
 mod stderr_ring;
 pub mod supervise;
 pub mod sweep;
-mod sys;
 mod teardown;
 mod watchdog;
 
@@ -163,6 +162,7 @@ pub use identity::OwnerId;
 pub use listening::{Listen, ListenAddr, Listener};
 #[cfg(feature = "mcp")]
 pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+pub use os::{backend, Backend};
 pub use process::{
     shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT,
     DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE,

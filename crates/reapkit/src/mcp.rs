@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::os;
 use crate::process::{ProcessBuilder, ProcessGuard};
-use crate::sys;
 use crate::teardown::Teardown;
 
 /// The protocol version reapkit asks for first.
@@ -85,11 +85,11 @@ impl McpBuilder {
     /// `notifications/initialized`. On failure the server is torn down before the error is
     /// returned, and the error carries its exit status and the tail of its stderr.
     pub fn start(self) -> Result<McpServer> {
-        let deadline = sys::deadline_in(self.startup_timeout);
+        let deadline = os::deadline_in(self.startup_timeout);
         let mut guard = self.process.stdout(Stdio::piped()).spawn()?;
         let stdout = guard.take_stdout().expect("stdout was just piped");
         for fd in [stdout.as_fd(), guard.stdin().expect("stdin is always piped").as_fd()] {
-            sys::set_nonblocking(fd)
+            os::set_nonblocking(fd)
                 .map_err(|source| Error::Io { context: "making the server's pipes non-blocking".into(), source })?;
         }
         let mut server = McpServer {
@@ -150,14 +150,14 @@ impl McpServer {
 
     /// Sends a request and waits for its result (the `result` member of the response).
     pub fn request(&mut self, method: &str, params: Value) -> Result<Value> {
-        let deadline = sys::deadline_in(self.request_timeout);
+        let deadline = os::deadline_in(self.request_timeout);
         self.exchange(method, params, deadline).map_err(|f| self.failure(method, f))
     }
 
     /// Sends a notification (no answer expected); returns once it is written, at most after
     /// the request timeout.
     pub fn notify(&mut self, method: &str, params: Value) -> Result<()> {
-        let deadline = sys::deadline_in(self.request_timeout);
+        let deadline = os::deadline_in(self.request_timeout);
         self.queue(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
         self.flush(deadline).map_err(|f| self.failure(method, f))
     }
@@ -454,7 +454,7 @@ impl LineReader {
                 )));
             }
             let writing = !self.pending.is_empty();
-            let (readable, writable) = sys::wait_pipes(self.pipe.as_fd(), writing.then(|| stdin.as_fd()), deadline);
+            let (readable, writable) = os::wait_pipes(self.pipe.as_fd(), writing.then(|| stdin.as_fd()), deadline);
             if !readable && !writable {
                 return Err(Failure::Timeout);
             }

@@ -102,11 +102,17 @@ pub(crate) fn sanitized_test_name(name: &str) -> String {
     out
 }
 
-/// A new run id: a random UUID from the kernel's generator (no RNG crate for one value).
+/// A new run id: a random UUID from the kernel's generator, `/dev/urandom` (every Unix has
+/// it; no RNG crate for one value).
 pub fn fresh_run_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| format!("{:x}-{:x}", std::process::id(), now_nanos()))
+    let mut bytes = [0u8; 16];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+        Ok(()) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+        }
+        Err(_) => format!("{:x}-{:x}", std::process::id(), now_nanos()),
+    }
 }
 
 fn now_nanos() -> u128 {
@@ -160,7 +166,7 @@ pub fn supervisor() -> Option<OwnerId> {
 /// inherit the variable but not the role.
 pub(crate) fn direct_supervisor() -> Option<OwnerId> {
     let named = supervisor()?;
-    let parent = crate::procfs::Stat::read(std::process::id() as i32).ok()?.ppid;
+    let parent = nix::unistd::getppid().as_raw();
     (ProcId::of(parent).map(OwnerId::here) == Some(named.clone())).then_some(named)
 }
 
@@ -172,11 +178,11 @@ pub(crate) fn direct_supervisor() -> Option<OwnerId> {
 /// enough and safe.
 pub fn become_subreaper() -> bool {
     static DONE: OnceLock<bool> = OnceLock::new();
-    *DONE.get_or_init(|| match nix::sys::prctl::set_child_subreaper(true) {
+    *DONE.get_or_init(|| match crate::os::set_child_subreaper() {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(
-                "reapkit: PR_SET_CHILD_SUBREAPER failed ({e}); escapees will be found by the /proc marker scan only"
+                "reapkit: this process cannot be the subreaper of its children ({e}); escapees will be found by the /proc marker scan only"
             );
             false
         }

@@ -16,11 +16,11 @@ use crate::error::{Error, Result};
 use crate::ledger;
 use crate::listening::{self, Listen, Listener};
 use crate::member::Member;
+use crate::os;
 use crate::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{self, ProcId};
 use crate::registry::{self, Attachment};
 use crate::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
-use crate::sys;
 pub use crate::teardown::Graces;
 use crate::teardown::{self, Holder, Teardown, Tree};
 
@@ -184,9 +184,18 @@ impl ProcessBuilder {
     /// Starts the child. Nothing is left behind on error: a child that started is torn down.
     pub fn spawn(mut self) -> Result<ProcessGuard> {
         crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
-            what: "a /proc of this PID namespace",
+            what: if crate::os::PROC_TABLE { "a /proc of this PID namespace" } else { "a boot identity" },
             source: std::io::Error::other(why.to_owned()),
         })?;
+        if self.listen.is_some() && !crate::os::PROC_TABLE {
+            return Err(Error::Unsupported {
+                what: "readiness by listening socket",
+                source: std::io::Error::other(
+                    "it reads the tree's sockets from /proc, which the portable backend has not: wait for the \
+                     server's own readiness line or port file instead",
+                ),
+            });
+        }
         let ready_timeout = self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
         let listen = self.listen.take().map(|l| (l, Instant::now() + ready_timeout));
         if let Some((Listen::Tcp(port @ 1..), _)) = &listen {
@@ -258,8 +267,8 @@ impl ProcessBuilder {
 
         let pid = child.id() as i32;
         // The child is ours and not yet waited for, so its pid cannot be recycled here.
-        let direct = match sys::pidfd_open(pid) {
-            Ok(pidfd) => Member { id: ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 }), pidfd },
+        let direct = match os::Handle::open(pid) {
+            Ok(handle) => Member { id: ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 }), handle },
             Err(source) => {
                 // Without a pidfd we cannot tear down safely: undo the spawn and say why.
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
@@ -267,7 +276,7 @@ impl ProcessBuilder {
                 if crate::error::fd_limit_hint(&source).is_some() {
                     return Err(spawn_error(&program, source));
                 }
-                return Err(Error::Unsupported { what: "pidfd_open", source });
+                return Err(Error::Unsupported { what: "a process handle (pidfd_open)", source });
             }
         };
         let (leader, holder) = match holder {
@@ -280,7 +289,7 @@ impl ProcessBuilder {
             None => match keeper::server_of(pid).and_then(Member::open) {
                 Some(server) => (server, Holder::Keeper(direct)),
                 None => {
-                    let _ = sys::pidfd_signal(std::os::fd::AsFd::as_fd(&direct.pidfd), libc::SIGKILL);
+                    let _ = direct.handle.signal(libc::SIGKILL);
                     let status = child.wait();
                     return Err(Error::Spawn {
                         program,
@@ -593,7 +602,7 @@ impl ProcessGuard {
                     stderr_tail: self.stderr_tail(),
                 });
             }
-            sys::wait_readable(std::os::fd::AsFd::as_fd(&self.tree.leader.pidfd), deadline.min(Instant::now() + pause));
+            os::wait_readable(self.tree.leader.handle.fd(), deadline.min(Instant::now() + pause));
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }

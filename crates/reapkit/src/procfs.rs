@@ -1,5 +1,9 @@
 //! Targeted `/proc` reads with reused buffers.
 //!
+//! On the portable backend (`crate::os`) there is no process table to read: every reader here
+//! answers as on a machine without `/proc` ([`path`] says `Unsupported`), except the start
+//! times and boot clock, which come from the OS's own calls.
+//!
 //! Why not `sysinfo`: a full `sysinfo` refresh costs 17–38 ms on a 2-core machine because it
 //! reads and parses everything about every process; teardown needs three or four fields of a
 //! handful of processes, and the marker scan needs only `environ`. Reading exactly those files
@@ -14,14 +18,15 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProcId {
     pub pid: i32,
-    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot (the portable backend:
+    /// microseconds since the epoch, or 0 where the OS keeps no start time).
     pub start_time: u64,
 }
 
 impl ProcId {
     /// The identity of `pid` now, or `None` if it no longer exists.
     pub fn of(pid: i32) -> Option<ProcId> {
-        Stat::read(pid).ok().map(|s| ProcId { pid, start_time: s.start_time })
+        crate::os::start_time(pid).map(|start_time| ProcId { pid, start_time })
     }
 
     /// Whether this very process (not a recycled pid) still exists, zombies included.
@@ -67,13 +72,13 @@ pub struct Stat {
 impl Stat {
     pub fn read(pid: i32) -> io::Result<Stat> {
         let mut buf = Vec::with_capacity(512);
-        read_into(&format!("/proc/{pid}/stat"), &mut buf)?;
+        read_into(&path(format_args!("{pid}/stat"))?, &mut buf)?;
         Stat::parse(&buf).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
     }
 
     /// Parses a `stat` line. The command name (field 2) may contain spaces and parentheses,
     /// so fields are counted from the *last* `)`.
-    fn parse(line: &[u8]) -> Option<Stat> {
+    pub(crate) fn parse(line: &[u8]) -> Option<Stat> {
         let close = line.iter().rposition(|&b| b == b')')?;
         let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
         // After ")": field 3 (state) is index 0.
@@ -102,6 +107,18 @@ impl Stat {
     }
 }
 
+/// `/proc/<rest>`, or `Unsupported` where this build reads no process table (the portable
+/// backend: what macOS and the BSDs have).
+pub(crate) fn path(rest: std::fmt::Arguments<'_>) -> io::Result<String> {
+    if !crate::os::PROC_TABLE {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the portable backend reads no process table (/proc): this needs reapkit's Linux backend",
+        ));
+    }
+    Ok(format!("/proc/{rest}"))
+}
+
 /// Reads a whole `/proc` file into `buf` (cleared first), reusing its allocation.
 pub(crate) fn read_into(path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
@@ -113,7 +130,7 @@ pub(crate) fn read_into(path: &str, buf: &mut Vec<u8>) -> io::Result<()> {
 /// forked it, and orphans adopted by a subreaper may land on any of its threads).
 pub fn children(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let Ok(tasks) = path(format_args!("{pid}/task")).and_then(std::fs::read_dir) else { return out };
     let mut buf = Vec::with_capacity(64);
     for task in tasks.flatten() {
         let path = task.path().join("children");
@@ -147,7 +164,10 @@ pub fn descendants(pid: i32) -> Vec<ProcId> {
 /// Number of open fds of `pid`: `stat("/proc/<pid>/fd").st_size` on Linux ≥ 6.2 (≈ 0.5 µs),
 /// else a directory listing.
 pub fn fd_count(pid: i32) -> io::Result<usize> {
-    let dir = format!("/proc/{pid}/fd");
+    if !crate::os::PROC_TABLE {
+        return crate::fd_snapshot::numbers(pid).map(|n| n.len());
+    }
+    let dir = path(format_args!("{pid}/fd"))?;
     let size = std::fs::metadata(&dir)?.size();
     if size > 0 {
         return Ok(size as usize);
@@ -202,7 +222,8 @@ pub fn my_uid() -> u32 {
 
 /// Every pid in `/proc` (processes, not threads), in directory order.
 pub fn pids() -> impl Iterator<Item = i32> {
-    std::fs::read_dir("/proc")
+    path(format_args!(""))
+        .and_then(std::fs::read_dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -219,7 +240,7 @@ pub fn is_ours(pid: i32) -> bool {
 /// Not the owner of its `/proc` files: a process that switched user without exec afterwards
 /// (a privilege-dropping server) is not dumpable, and its `/proc` files then belong to root.
 pub fn owner_uid(pid: i32) -> io::Result<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(path(format_args!("{pid}/status"))?)?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
@@ -229,7 +250,7 @@ pub fn owner_uid(pid: i32) -> io::Result<u32> {
 /// `pid`'s command line, NUL separators turned into spaces (for reports).
 pub fn cmdline(pid: i32) -> String {
     let mut buf = Vec::new();
-    if read_into(&format!("/proc/{pid}/cmdline"), &mut buf).is_err() {
+    if path(format_args!("{pid}/cmdline")).and_then(|p| read_into(&p, &mut buf)).is_err() {
         return String::new();
     }
     let trimmed = buf.strip_suffix(b"\0").unwrap_or(&buf);
@@ -316,8 +337,7 @@ impl MarkerScan {
     }
 
     fn environ_matches(&mut self, pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
-        let path = format!("/proc/{pid}/environ");
-        let mut f = match File::open(&path) {
+        let mut f = match path(format_args!("{pid}/environ")).and_then(File::open) {
             Ok(f) => f,
             Err(e) => {
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
@@ -335,9 +355,14 @@ impl MarkerScan {
     }
 }
 
-/// This process and every ancestor up to pid 1: never to be touched by any reaper.
+/// This process and every ancestor up to pid 1: never to be touched by any reaper. Without a
+/// process table, this process and its parent.
 pub fn self_and_ancestors() -> Vec<i32> {
     let mut out = vec![std::process::id() as i32];
+    if !crate::os::PROC_TABLE {
+        out.push(nix::unistd::getppid().as_raw());
+        return out;
+    }
     let mut pid = out[0];
     while pid > 1 {
         match Stat::read(pid) {
@@ -353,7 +378,7 @@ pub fn self_and_ancestors() -> Vec<i32> {
 
 /// `pid`'s working directory, if we may read it.
 pub fn cwd(pid: i32) -> Option<std::path::PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+    path(format_args!("{pid}/cwd")).and_then(std::fs::read_link).ok()
 }
 
 /// Whether a process still runs the binary it started with.
@@ -371,7 +396,7 @@ pub enum ExeState {
 /// Whether `pid`'s executable was replaced or deleted since it started, given its start as
 /// wall-clock time; `None` if we may not look.
 pub fn exe_state(pid: i32, started: std::time::SystemTime) -> Option<ExeState> {
-    let target = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let target = path(format_args!("{pid}/exe")).and_then(std::fs::read_link).ok()?;
     if target.to_string_lossy().ends_with(" (deleted)") {
         return Some(ExeState::Deleted);
     }
@@ -382,7 +407,7 @@ pub fn exe_state(pid: i32, started: std::time::SystemTime) -> Option<ExeState> {
     Some(if modified > started + tolerance { ExeState::Replaced } else { ExeState::Current })
 }
 
-/// Turns start times (clock ticks after boot) into wall-clock times and ages.
+/// Turns start times ([`ProcId::start_time`]) into wall-clock times and ages.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
     boot: std::time::SystemTime,
@@ -390,8 +415,17 @@ pub struct BootClock {
 }
 
 impl BootClock {
-    /// Reads the boot time (`btime` of `/proc/stat`) once.
+    /// The clock of this build's start times: on Linux the boot time (`btime` of `/proc/stat`),
+    /// read once; on the portable backend the epoch, in microseconds.
     pub fn read() -> BootClock {
+        if !crate::os::PROC_TABLE {
+            return BootClock { boot: std::time::UNIX_EPOCH, ticks_per_second: 1_000_000 };
+        }
+        BootClock::read_linux()
+    }
+
+    /// Linux's: the boot time and the clock tick.
+    pub(crate) fn read_linux() -> BootClock {
         let btime = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok()))
@@ -406,7 +440,8 @@ impl BootClock {
 
     /// When a process with this start time started.
     pub fn started(&self, start_time: u64) -> std::time::SystemTime {
-        self.boot + std::time::Duration::from_millis(start_time * 1000 / self.ticks_per_second)
+        let micros = u128::from(start_time) * 1_000_000 / u128::from(self.ticks_per_second);
+        self.boot + std::time::Duration::from_micros(micros.min(u128::from(u64::MAX)) as u64)
     }
 
     /// How long ago a process with this start time started.
@@ -417,7 +452,7 @@ impl BootClock {
 
 /// Whether `/proc` is mounted and readable at all (it is the only way we see processes).
 pub fn available() -> bool {
-    Path::new("/proc/self/stat").exists()
+    crate::os::PROC_TABLE && Path::new("/proc/self/stat").exists()
 }
 
 #[cfg(test)]

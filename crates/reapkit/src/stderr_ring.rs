@@ -13,7 +13,7 @@ use std::process::ChildStderr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::sys;
+use crate::os;
 
 /// Default size of the ring: enough for a stack trace, small enough to keep per guard.
 pub const DEFAULT_RING_BYTES: usize = 64 * 1024;
@@ -23,10 +23,8 @@ pub const DEFAULT_RING_BYTES: usize = 64 * 1024;
 pub struct StderrRing {
     tail: Arc<Mutex<VecDeque<u8>>>,
     capacity: usize,
-    stop: OwnedFd,
+    stop: os::Wakeup,
     thread: Option<JoinHandle<()>>,
-    /// The descriptor it holds for as long as it lives: its stop signal.
-    own_fd: i32,
     /// The ones its thread holds until it ends (at the child's EOF, maybe later than the child's
     /// death): the pipe and the thread's copy of the stop signal.
     thread_fds: [i32; 2],
@@ -35,20 +33,20 @@ pub struct StderrRing {
 impl StderrRing {
     /// Starts draining `stderr`, keeping the last `capacity` bytes.
     pub fn start(stderr: ChildStderr, capacity: usize) -> std::io::Result<StderrRing> {
-        let stop = sys::eventfd()?;
-        let stop_for_thread = stop.try_clone()?;
-        let (own_fd, thread_fds) = (stop.as_raw_fd(), [stderr.as_raw_fd(), stop_for_thread.as_raw_fd()]);
+        let stop = os::Wakeup::new()?;
+        let stop_for_thread = stop.fd().try_clone_to_owned()?;
+        let thread_fds = [stderr.as_raw_fd(), stop_for_thread.as_raw_fd()];
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(8192))));
         let sink = Arc::clone(&tail);
         let thread = std::thread::Builder::new()
             .name("reapkit-stderr".into())
             .spawn(move || drain(stderr, &stop_for_thread, &sink, capacity))?;
-        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), own_fd, thread_fds })
+        Ok(StderrRing { tail, capacity, stop, thread: Some(thread), thread_fds })
     }
 
-    /// The descriptor it holds for as long as it lives.
-    pub(crate) fn own_fd(&self) -> i32 {
-        self.own_fd
+    /// The descriptors it holds for as long as it lives: its stop signal.
+    pub(crate) fn own_fds(&self) -> Vec<i32> {
+        self.stop.raw_fds()
     }
 
     /// The descriptors its thread holds while it runs.
@@ -67,7 +65,7 @@ impl StderrRing {
 
     /// Reads what is already written, then stops the thread and closes the pipe.
     pub fn stop(&mut self) {
-        sys::eventfd_notify(self.stop.as_fd());
+        self.stop.notify();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -93,12 +91,12 @@ fn drain(mut stderr: ChildStderr, stop: &OwnedFd, sink: &Mutex<VecDeque<u8>>, ca
         let excess = ring.len().saturating_sub(capacity);
         ring.drain(..excess);
     };
-    let deadline = sys::deadline_in(std::time::Duration::MAX);
+    let deadline = os::deadline_in(std::time::Duration::MAX);
     loop {
-        let ready = sys::wait_any_readable(&[stderr.as_fd(), stop.as_fd()], deadline);
+        let ready = os::wait_any_readable(&[stderr.as_fd(), stop.as_fd()], deadline);
         if ready.contains(&1) {
             // Told to stop: take whatever is already in the pipe without blocking, then go.
-            if sys::set_nonblocking(stderr.as_fd()).is_ok() {
+            if os::set_nonblocking(stderr.as_fd()).is_ok() {
                 while let Ok(n @ 1..) = stderr.read(&mut buf) {
                     push(&buf[..n]);
                 }

@@ -6,12 +6,10 @@
 //! still lives below it, or carries the command's markers anywhere, is a leak of that command.
 //! That catches code that never used a guard, and attributes it.
 
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{Error, Result};
 use crate::identity::OwnerId;
@@ -19,7 +17,7 @@ use crate::member::Member;
 use crate::ownership::{self, Owner, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR};
 use crate::procfs::ProcId;
 use crate::sweep::{Findings, Report, Scope, Sweep, EXIT_LEAKS, EXIT_UNCHECKED};
-use crate::{sys, teardown};
+use crate::{os, teardown};
 
 /// What is being supervised.
 #[derive(Debug, Clone)]
@@ -71,10 +69,8 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
         Supervision::Run { run_id } => cmd.env(ENV_RUN_ID, run_id).env(ENV_OWNER, me.to_string()),
         Supervision::Wrap => cmd.env(ENV_RUN_ID, &Owner::current().run_id),
     };
-    let handled = SigSet::from_iter([Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT]);
-    handled.thread_block().map_err(|e| io_error("blocking signals", e))?;
-    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| io_error("signalfd", e))?;
+    let signals = os::Signals::catch(&[Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT, Signal::SIGQUIT])
+        .map_err(|source| Error::Io { context: "catching signals".into(), source })?;
     // SAFETY: sigprocmask is async-signal-safe; the command starts with no signal blocked.
     unsafe {
         cmd.pre_exec(|| {
@@ -103,16 +99,16 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
     let pid = child.id() as i32;
     // Not yet waited for, so the pid is still this child's.
     let child_id = ProcId::of(pid).unwrap_or(ProcId { pid, start_time: 0 });
-    let member = sys::pidfd_open(pid).ok().map(|pidfd| Member { id: child_id, pidfd });
+    let member = os::Handle::open(pid).ok().map(|handle| Member { id: child_id, handle });
     if let Some(member) = &member {
         loop {
-            let fds = [member.pidfd.as_fd(), signals.as_fd()];
-            let ready = sys::wait_any_readable(&fds, sys::deadline_in(std::time::Duration::from_secs(3600)));
+            let fds = [member.handle.fd(), signals.fd()];
+            let ready = os::wait_any_readable(&fds, os::deadline_in(std::time::Duration::from_secs(3600)));
             if ready.contains(&0) {
                 break;
             }
-            while let Ok(Some(info)) = signals.read_signal() {
-                if let Ok(sig @ (Signal::SIGTERM | Signal::SIGHUP)) = Signal::try_from(info.ssi_signo as i32) {
+            for sig in signals.drain() {
+                if let sig @ (Signal::SIGTERM | Signal::SIGHUP) = sig {
                     teardown::forward(member, sig);
                 }
             }
@@ -128,8 +124,4 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
         findings.attribute(&culprit);
     }
     Ok(Ended { status, findings })
-}
-
-fn io_error(context: &str, e: nix::Error) -> Error {
-    Error::Io { context: context.to_owned(), source: e.into() }
 }

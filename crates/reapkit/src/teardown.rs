@@ -22,20 +22,21 @@
 //! group signal is `killpg` on the group the leader made at spawn, whose id cannot be reused
 //! while the leader is unreaped or the group has members.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::process::{Child, ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::capabilities::{Concern, Guarantee};
 use crate::containment::cgroup::GuardCgroup;
 use crate::containment::{keeper, Containment};
 use crate::ledger;
 use crate::member::Member;
+use crate::os;
 use crate::ownership::ENV_GUARD;
 use crate::procfs::{self, MarkerScan, ProcId};
 use crate::stderr_ring::StderrRing;
-use crate::sys;
 
 /// How long SIGKILLed processes get to disappear before teardown reports them as unkillable
 /// (a process in uninterruptible sleep, e.g. on a hung NFS mount).
@@ -96,6 +97,9 @@ pub struct Teardown {
     pub reaped: Vec<ProcId>,
     /// Anything that did not go to plan, in words.
     pub problems: Vec<String>,
+    /// What this guard's containment could not vouch for here ([`crate::capabilities()`]): a
+    /// clean teardown is clean only as far as these allow.
+    pub gaps: Vec<(Concern, Guarantee)>,
     pub total: Duration,
 }
 
@@ -122,6 +126,13 @@ impl std::fmt::Display for Teardown {
         }
         for p in &self.problems {
             write!(f, "; {}", crate::escape::evidence(p))?;
+        }
+        for (concern, guarantee) in &self.gaps {
+            match guarantee {
+                Guarantee::Full(_) => {}
+                Guarantee::Partial(what) => write!(f, "; {concern} only partly guaranteed here: {what}")?,
+                Guarantee::Missing(why) => write!(f, "; {concern} NOT guaranteed here: {why}")?,
+            }
         }
         Ok(())
     }
@@ -188,13 +199,13 @@ impl Tree {
     /// The descriptors the guard holds while it lives: its pipes, pidfds and drain.
     pub(crate) fn fds(&self) -> Vec<crate::registry::HeldFd> {
         use std::os::fd::AsRawFd;
-        let mut fds = vec![self.leader.pidfd.as_raw_fd()];
+        let mut fds = self.leader.handle.raw_fds();
         fds.extend(self.stdin.as_ref().map(AsRawFd::as_raw_fd));
         fds.extend(self.stdout.as_ref().map(AsRawFd::as_raw_fd));
-        fds.extend(self.stderr.as_ref().map(StderrRing::own_fd));
+        fds.extend(self.stderr.iter().flat_map(StderrRing::own_fds));
         match &self.holder {
             Holder::Cgroup(cg) => fds.push(cg.events_fd().as_raw_fd()),
-            Holder::Keeper(keeper) => fds.push(keeper.pidfd.as_raw_fd()),
+            Holder::Keeper(keeper) => fds.extend(keeper.handle.raw_fds()),
             Holder::Marker { .. } => {}
         }
         // Its own: open as long as the guard is, so the number alone names them. The drain's
@@ -202,8 +213,8 @@ impl Tree {
         let mut held: Vec<crate::registry::HeldFd> =
             fds.into_iter().map(|fd| crate::registry::HeldFd { fd, target: None }).collect();
         for fd in self.stderr.iter().flat_map(StderrRing::thread_fds) {
-            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|t| t.display().to_string());
-            held.extend(target.ok().map(|t| crate::registry::HeldFd { fd, target: Some(t) }));
+            let target = crate::fd_snapshot::target_of_own(fd);
+            held.extend(target.map(|t| crate::registry::HeldFd { fd, target: Some(t) }));
         }
         held
     }
@@ -268,8 +279,8 @@ pub(crate) fn run_all(trees: &mut [&mut Tree]) -> Vec<Teardown> {
         }
     }
     let eof = trees.iter().map(|t| t.graces.eof).max().unwrap_or_default();
-    let leaders: Vec<BorrowedFd<'_>> = trees.iter().map(|t| t.leader.pidfd.as_fd()).collect();
-    sys::wait_all_readable(&leaders, sys::deadline_in(eof));
+    let leaders: Vec<BorrowedFd<'_>> = trees.iter().map(|t| t.leader.handle.fd()).collect();
+    os::wait_all_readable(&leaders, os::deadline_in(eof));
     for (tree, run) in trees.iter().zip(&mut runs) {
         run.exited_on_eof = tree.leader.has_exited();
         run.done = run.exited_on_eof && tree_is_empty(tree);
@@ -284,7 +295,7 @@ pub(crate) fn run_all(trees: &mut [&mut Tree]) -> Vec<Teardown> {
             if !active.contains(&true) {
                 break;
             }
-            signal_wave(trees, &mut runs, sig, sys::deadline_in(grace));
+            signal_wave(trees, &mut runs, sig, os::deadline_in(grace));
             for ((tree, run), was_active) in trees.iter().zip(&mut runs).zip(active) {
                 if !was_active {
                     continue;
@@ -352,16 +363,15 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
         Holder::Marker { .. } => {
             // Found before the group signal, so that members dying of it are still known (and
             // their zombies reaped).
-            let mut found = discover_marker_tree(tree);
+            let found = discover_marker_tree(tree);
             // The group the leader made at spawn: its id stays reserved while the leader is
             // unreaped, so it names no one else's. Members that left it are signalled one by one.
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(tree.leader.id.pid), sig);
-            if !tree.leader.has_exited() {
-                found.extend(Member::open(tree.leader.id));
-            }
             found
         }
     };
+    // The leader, if it left its group, by the handle the guard holds.
+    let leader = matches!(tree.holder, Holder::Marker { .. }) && !tree.leader.has_exited();
     // Every member found is remembered (to reap its zombie); only the live ones are signalled.
     let (live, gone): (Vec<Member>, Vec<Member>) = live.into_iter().partition(|m| !m.has_exited());
     for m in gone {
@@ -369,8 +379,8 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
             run.members.push(m);
         }
     }
-    for m in &live {
-        if let Err(e) = sys::pidfd_signal(m.pidfd.as_fd(), sig as i32) {
+    for m in live.iter().chain(leader.then_some(&tree.leader)) {
+        if let Err(e) = m.handle.signal(sig as i32) {
             if e.raw_os_error() != Some(libc::ESRCH) {
                 let uid = procfs::owner_uid(m.id.pid).map_or_else(|_| "?".into(), |u| u.to_string());
                 run.problems.push(format!(
@@ -381,7 +391,7 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
             }
         }
     }
-    let any = !live.is_empty();
+    let any = !live.is_empty() || leader;
     for m in live {
         if m.id != tree.leader.id && !run.members.iter().any(|k| k.id == m.id) {
             run.members.push(m);
@@ -404,16 +414,14 @@ fn wait_trees(trees: &[&mut Tree], runs: &mut [Run], deadline: Instant) {
         let mut fds: Vec<(BorrowedFd<'_>, libc::c_short)> = Vec::new();
         for (tree, run) in trees.iter().zip(runs.iter()).filter(|(_, r)| !r.done) {
             if !tree.leader.has_exited() {
-                fds.push((tree.leader.pidfd.as_fd(), libc::POLLIN));
+                fds.push((tree.leader.handle.fd(), libc::POLLIN));
             }
             match &tree.holder {
                 Holder::Cgroup(cg) => fds.push((cg.events_fd(), libc::POLLPRI)),
-                _ => {
-                    fds.extend(run.members.iter().filter(|m| !m.has_exited()).map(|m| (m.pidfd.as_fd(), libc::POLLIN)))
-                }
+                _ => fds.extend(run.members.iter().filter(|m| !m.has_exited()).map(|m| (m.handle.fd(), libc::POLLIN))),
             }
         }
-        if fds.is_empty() || sys::poll_for(&fds, deadline).is_empty() {
+        if fds.is_empty() || os::poll_for(&fds, deadline).is_empty() {
             return;
         }
     }
@@ -427,15 +435,22 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         run.clock.mark(Step::Sweep);
     }
 
+    // Without a process table the group's other members can be neither listed nor waited
+    // for: whatever is still in the group outlived its leader, and gets SIGKILL while the
+    // leader is unreaped (its pid, the group's id, names no one else's group).
+    if !os::PROC_TABLE && matches!(tree.holder, Holder::Marker { .. }) && tree.leader.has_exited() {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(tree.leader.id.pid), Signal::SIGKILL);
+    }
+
     // 5. Zombies, and the child's status.
     let mut reaped = Vec::new();
     let status = match &tree.holder {
         Holder::Keeper(keeper) => {
             // It exits, with the server's status, once its tree is gone.
-            if !sys::wait_readable(keeper.pidfd.as_fd(), sys::deadline_in(KILL_WAIT)) {
+            if !os::wait_readable(keeper.handle.fd(), os::deadline_in(KILL_WAIT)) {
                 run.problems.push(format!("the keeper (pid {}) did not exit after its tree; killed", keeper.id.pid));
-                let _ = sys::pidfd_signal(keeper.pidfd.as_fd(), libc::SIGKILL);
-                sys::wait_readable(keeper.pidfd.as_fd(), sys::deadline_in(KILL_WAIT));
+                let _ = keeper.handle.signal(libc::SIGKILL);
+                os::wait_readable(keeper.handle.fd(), os::deadline_in(KILL_WAIT));
             }
             tree.child.try_wait().ok().flatten()
         }
@@ -448,7 +463,7 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
             for pid in procfs::children(std::process::id() as i32) {
                 if pid != tree.leader.id.pid && cg.had(pid) && procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie()) {
                     if let Some(m) = ProcId::of(pid).and_then(Member::open) {
-                        if sys::reap_pidfd(m.pidfd.as_fd()) {
+                        if m.handle.reap() {
                             reaped.push(m.id);
                         }
                     }
@@ -457,9 +472,7 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         }
         Holder::Keeper(_) => {}
         Holder::Marker { .. } => {
-            reaped.extend(
-                run.members.iter().chain(&run.escapees).filter(|m| sys::reap_pidfd(m.pidfd.as_fd())).map(|m| m.id),
-            );
+            reaped.extend(run.members.iter().chain(&run.escapees).filter(|m| m.handle.reap()).map(|m| m.id));
         }
     }
     let survivors = survivors(tree, &run);
@@ -497,6 +510,7 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         escapees: run.escapees.iter().map(|m| m.id).collect(),
         reaped,
         problems: run.problems,
+        gaps: crate::capabilities::containment_gaps(tree.holder.containment()),
         total: run.started.elapsed(),
     }
 }
@@ -574,7 +588,7 @@ pub(crate) fn end_leftovers(members: &[Member], grace: Duration) -> Vec<ProcId> 
     let all: Vec<&Member> = members.iter().collect();
     terminate_each(&all, grace, &mut Vec::new());
     for m in members {
-        sys::reap_pidfd(m.pidfd.as_fd());
+        m.handle.reap();
     }
     members.iter().filter(|m| !m.has_exited()).map(|m| m.id).collect()
 }
@@ -584,37 +598,37 @@ pub(crate) fn end_leftovers(members: &[Member], grace: Duration) -> Vec<ProcId> 
 pub(crate) fn end_cgroup(cg: &GuardCgroup, grace: Duration) -> Result<(), String> {
     let members: Vec<Member> = cg.members().into_iter().filter_map(ProcId::of).filter_map(Member::open).collect();
     for m in &members {
-        let _ = sys::pidfd_signal(m.pidfd.as_fd(), libc::SIGTERM);
+        let _ = m.handle.signal(libc::SIGTERM);
     }
-    if !cg.wait_empty(sys::deadline_in(grace)) {
+    if !cg.wait_empty(os::deadline_in(grace)) {
         cg.kill().map_err(|e| format!("cgroup.kill of {}: {e}", cg.dir().display()))?;
-        if !cg.wait_empty(sys::deadline_in(KILL_WAIT)) {
+        if !cg.wait_empty(os::deadline_in(KILL_WAIT)) {
             return Err(format!("{} is not empty after cgroup.kill", cg.dir().display()));
         }
     }
     for m in &members {
-        sys::reap_pidfd(m.pidfd.as_fd());
+        m.handle.reap();
     }
     cg.remove().map_err(|e| format!("could not remove {}: {e}", cg.dir().display()))
 }
 
 /// Passes `sig` on to a supervised command (a supervisor's SIGTERM or SIGHUP).
 pub(crate) fn forward(member: &Member, sig: Signal) {
-    let _ = sys::pidfd_signal(member.pidfd.as_fd(), sig as i32);
+    let _ = member.handle.signal(sig as i32);
 }
 
 /// SIGTERM to each of `members`, wait `term_grace`, SIGKILL to the rest, wait.
 fn terminate_each(members: &[&Member], term_grace: Duration, problems: &mut Vec<String>) {
-    let waiting: Vec<BorrowedFd<'_>> = members.iter().map(|m| m.pidfd.as_fd()).collect();
+    let waiting: Vec<BorrowedFd<'_>> = members.iter().map(|m| m.handle.fd()).collect();
     for (sig, grace) in [(Signal::SIGTERM, term_grace), (Signal::SIGKILL, KILL_WAIT)] {
         for m in members.iter().filter(|m| !m.has_exited()) {
-            if let Err(e) = sys::pidfd_signal(m.pidfd.as_fd(), sig as i32) {
+            if let Err(e) = m.handle.signal(sig as i32) {
                 if e.raw_os_error() != Some(libc::ESRCH) {
                     problems.push(format!("{sig} to pid {}: {e}", m.id.pid));
                 }
             }
         }
-        if sys::wait_all_readable(&waiting, sys::deadline_in(grace)) == 0 {
+        if os::wait_all_readable(&waiting, os::deadline_in(grace)) == 0 {
             return;
         }
     }

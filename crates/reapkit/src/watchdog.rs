@@ -9,7 +9,9 @@
 //!
 //! It learns of its owner's death through a pidfd of the owner rather than a pipe: the test
 //! process then holds no extra descriptor (FD-leak checks stay exact), and a child that the
-//! test forks without exec cannot keep a pipe end — and the watchdog — alive. On death it runs
+//! test forks without exec cannot keep a pipe end — and the watchdog — alive. The portable
+//! backend has no such handle on another process: there the owner keeps the write end of a
+//! pipe, the *lifeline*, whose EOF tells the watchdog (`os::Lifeline`). On death it runs
 //! the sweep scoped to its owner: ledger records and `/proc` markers, processes and containers;
 //! what it reaps stays in the ledger, marked, so the CI sweep still reports the leak and names
 //! the test. A `reapkit wrap`/`reapkit run` that supervises the owner directly does that work
@@ -25,13 +27,13 @@ use std::time::Duration;
 use crate::identity::OwnerId;
 use crate::ledger;
 use crate::member::Member;
+use crate::os;
 use crate::ownership::{
     Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
 use crate::procfs::ProcId;
 use crate::sweep::{DockerCheck, Scope, Sweep};
-use crate::sys;
 
 /// The watchdog's SIGTERM-to-SIGKILL grace for its owner's leftovers.
 pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
@@ -76,7 +78,7 @@ pub(crate) fn ensure(ledger_dir: &Path) {
 
 fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     let owner = Owner::current();
-    let mut cmd = Command::new("/proc/self/exe");
+    let mut cmd = Command::new(crate::os::self_exe());
     cmd.arg0("reapkit-watchdog")
         .arg(WATCHDOG_ARG)
         .env(ENV_WATCHDOG_OWNER, owner.marker())
@@ -96,8 +98,13 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
     }
+    let lifeline = os::Lifeline::attach(&mut cmd)?;
     // Never waited for: it outlives this process by design, then exits on its own.
-    cmd.spawn().map(|child| child.id() as i32)
+    let pid = cmd.spawn()?.id() as i32;
+    if let Some(lifeline) = lifeline {
+        crate::fd_snapshot::note_own_lifetime(lifeline.keep());
+    }
+    Ok(pid)
 }
 
 /// The watchdog's `main` (see [`crate::reexec`]): waits for its owner's death, then reaps.
@@ -107,7 +114,10 @@ pub(crate) fn watch(owner: &str) -> i32 {
     if owner != OwnerId::here(owner.process) {
         return 2;
     }
-    wait_for_death(owner.process);
+    match os::Lifeline::inherited() {
+        Some(lifeline) => while !os::wait_readable(lifeline.as_fd(), os::deadline_in(Duration::from_secs(3600))) {},
+        None => wait_for_death(owner.process),
+    }
     if let Some(supervisor) = crate::ownership::supervisor().filter(|s| *s == OwnerId::here(s.process)) {
         wait_for_death(supervisor.process);
     }
@@ -138,5 +148,5 @@ pub(crate) fn watch(owner: &str) -> i32 {
 /// Blocks until `id` has exited (at once if it already has, or its pid was recycled).
 fn wait_for_death(id: ProcId) {
     let Some(member) = Member::open(id) else { return };
-    while !sys::wait_readable(member.pidfd.as_fd(), sys::deadline_in(Duration::from_secs(3600))) {}
+    while !os::wait_readable(member.handle.fd(), os::deadline_in(Duration::from_secs(3600))) {}
 }

@@ -7,6 +7,7 @@
 //! <containment of the first guard>`.
 //! Flags:
 //! - `--no-container`: no container.
+//! - `--container`: with `--sleep`, the container too.
 //! - `--sleep N`: instead of the fixtures, one guard of `sleep N` (and no container).
 //! - `--fixture "FLAGS"`: instead of the fixtures, one guard of the fixture with these flags
 //!   (space-separated; no container).
@@ -73,7 +74,7 @@ fn main() {
             }
         }
     }
-    let container = if flag("--no-container") || sleep.is_some() || one_fixture.is_some() {
+    let container = if flag("--no-container") || ((sleep.is_some() || one_fixture.is_some()) && !flag("--container")) {
         None
     } else {
         Some(

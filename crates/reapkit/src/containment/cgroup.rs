@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::sys;
+use crate::os;
 
 /// The prefix of every cgroup reapkit creates; the rest is the guard's id.
 pub(crate) const PREFIX: &str = "reapkit-";
@@ -39,8 +39,8 @@ pub(crate) fn hierarchy() -> Result<&'static Hierarchy, &'static str> {
 }
 
 fn discover() -> Result<Hierarchy, String> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let proc = |rest: &str| crate::procfs::path(format_args!("self/{rest}")).map_err(|e| e.to_string());
+    let mountinfo = std::fs::read_to_string(proc("mountinfo")?).map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     // `id parent maj:min root mount-point options ... - fstype source super-options`
     let (root, mount) = mountinfo
         .lines()
@@ -51,7 +51,7 @@ fn discover() -> Result<Hierarchy, String> {
             Some((unescape(f.next()?), unescape(f.next()?)))
         })
         .ok_or("no cgroup2 file system is mounted")?;
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let cgroup = std::fs::read_to_string(proc("cgroup")?).map_err(|e| format!("/proc/self/cgroup: {e}"))?;
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).ok_or("this process is in no cgroup2 cgroup")?;
     let relative = path
         .strip_prefix(root.trim_end_matches('/'))
@@ -152,7 +152,7 @@ impl GuardCgroup {
             if self.is_empty() {
                 return true;
             }
-            if !sys::wait_priority(self.events.as_fd(), deadline) {
+            if !os::wait_priority(self.events.as_fd(), deadline) {
                 return self.is_empty();
             }
         }
@@ -187,7 +187,7 @@ impl GuardCgroup {
 
 /// The cgroup2 path of `pid` (`/a/b`, relative to the mount's root), from `/proc/<pid>/cgroup`.
 pub(crate) fn cgroup_of(pid: i32) -> Option<String> {
-    let lines = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let lines = crate::procfs::path(format_args!("{pid}/cgroup")).and_then(std::fs::read_to_string).ok()?;
     lines.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
 }
 

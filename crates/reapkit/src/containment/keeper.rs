@@ -20,15 +20,15 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use crate::identity::OwnerId;
 use crate::member::Member;
+use crate::os;
 use crate::ownership::{ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{self, ProcId};
-use crate::sys;
 
 /// Set on a keeper only: the owner (an [`OwnerId`]) whose death makes it end its tree. What
 /// makes a re-executed test binary a keeper, and what tells sweeps a process is one.
@@ -67,7 +67,7 @@ pub(crate) fn fork_on_exec(
     grace: Duration,
 ) {
     let mut strings = vec![
-        CString::new("/proc/self/exe").expect("no NUL"),
+        CString::new(std::os::unix::ffi::OsStringExt::into_vec(os::self_exe().into_os_string())).expect("no NUL"),
         CString::new("reapkit-keeper").expect("no NUL"),
         CString::new(KEEPER_ARG).expect("no NUL"),
         CString::new("/dev/null").expect("no NUL"),
@@ -93,13 +93,11 @@ impl Exec {
     ///
     /// # Safety
     /// Only between fork and exec: it execs or exits, and calls only async-signal-safe
-    /// functions (prctl, fork, setpgid, open, dup2, close_range, execve, _exit).
+    /// functions (the subreaper flag, fork, setpgid, open, dup2, closing descriptors, execve, _exit).
     unsafe fn fork(&self) -> io::Result<()> {
         // The subreaper flag is set before the server exists (it survives the keeper's exec and
         // is not inherited by the fork): an orphan the server makes at once still lands here.
-        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        os::set_child_subreaper()?;
         match libc::fork() {
             -1 => Err(io::Error::last_os_error()),
             0 => {
@@ -118,7 +116,7 @@ impl Exec {
                 // Nor anything else of the test's: and closing the spawn's error pipe here lets
                 // `Command::spawn` return as soon as the server has exec'd, while the keeper
                 // execs in parallel (the subreaper flag is already set).
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                os::close_from(3);
                 libc::execve(self.path, self.argv.as_ptr(), self.envp.as_ptr());
                 libc::_exit(127)
             }
@@ -150,7 +148,7 @@ fn keep(owner: &str) -> i32 {
         .unwrap_or(Duration::from_secs(1));
     // Orphans of the tree come here; the signals a terminal or a runner sends a group do not
     // end the keeper (only its own exit, or SIGKILL, does).
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let _ = os::set_child_subreaper();
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: SIG_IGN installs no handler; this thread is the process's only one.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
@@ -174,31 +172,16 @@ fn keep(owner: &str) -> i32 {
             let status = exited(server).unwrap_or(libc::SIGKILL);
             return mirror(server, status);
         }
-        let mut fds = vec![sigchld.as_fd()];
-        fds.extend(owner_fd.as_ref().map(|m| m.pidfd.as_fd()));
-        sys::wait_any_readable(&fds, sys::deadline_in(Duration::from_secs(3600)));
-        drain(&sigchld);
+        let mut fds = vec![sigchld.fd()];
+        fds.extend(owner_fd.as_ref().map(|m| m.handle.fd()));
+        os::wait_any_readable(&fds, os::deadline_in(Duration::from_secs(3600)));
+        sigchld.drain();
     }
 }
 
-/// A signalfd for SIGCHLD (blocked, so that it queues instead of being lost).
-fn child_signals() -> io::Result<OwnedFd> {
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(nix::sys::signal::Signal::SIGCHLD);
-    set.thread_block().map_err(io::Error::from)?;
-    // SAFETY: a valid sigset pointer; returns a new fd we own.
-    let fd = unsafe { libc::signalfd(-1, set.as_ref(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn drain(sigfd: &OwnedFd) {
-    let mut buf = [0u8; 128 * 8];
-    // SAFETY: reads into a buffer we own from a non-blocking fd we own.
-    while unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(sigfd), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+/// SIGCHLD as readable data, so that the wait below is one `poll`.
+fn child_signals() -> io::Result<os::Signals> {
+    os::Signals::catch(&[nix::sys::signal::Signal::SIGCHLD])
 }
 
 /// Reaps every exited child but the server (which stays a zombie, the guard's handle).
@@ -254,7 +237,7 @@ fn mirror(server: i32, status: i32) -> i32 {
 
 /// The owner died: SIGTERM to every live process below us, `grace`, SIGKILL, until none is
 /// left; every zombie reaped on the way (the server's last).
-fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &OwnedFd) {
+fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &os::Signals) {
     for (sig, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, KILL_WAIT)] {
         let deadline = Instant::now() + wait;
         loop {
@@ -268,14 +251,14 @@ fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &OwnedFd) {
                 .filter_map(Member::open)
                 .collect();
             for m in &live {
-                let _ = sys::pidfd_signal(m.pidfd.as_fd(), sig);
+                let _ = m.handle.signal(sig);
             }
-            let mut fds: Vec<_> = live.iter().map(|m| m.pidfd.as_fd()).collect();
-            fds.push(sigchld.as_fd());
-            if sys::wait_any_readable(&fds, deadline).is_empty() {
+            let mut fds: Vec<_> = live.iter().map(|m| m.handle.fd()).collect();
+            fds.push(sigchld.fd());
+            if os::wait_any_readable(&fds, deadline).is_empty() {
                 break;
             }
-            drain(sigchld);
+            sigchld.drain();
         }
     }
 }

@@ -13,6 +13,8 @@
 //!    `REAPKIT_GUARD` marker (a `/proc` scan): the last resort, forced with
 //!    `REAPKIT_CONTAINMENT=marker`. A descendant that clears its environment *and* leaves the
 //!    group is invisible to it; such a teardown says so instead of calling itself clean.
+//!
+//! The portable backend (`crate::os`) has only the third, without the scan: the process group.
 
 pub(crate) mod cgroup;
 pub(crate) mod keeper;
@@ -48,6 +50,10 @@ impl Containment {
                 "keeper: a subreaper above the tree, outside the test process, to which every orphan of the tree \
                  is re-parented; it ends the tree if the test process dies"
             }
+            Containment::Marker if !crate::os::PROC_TABLE => {
+                "process group (the portable backend): every process that stays in the group the guarded child \
+                 leads; a process that leaves it (setsid, setpgid) escapes"
+            }
             Containment::Marker => {
                 "marker only: the process group, the test process as subreaper and the REAPKIT_GUARD marker; a \
                  process that clears its environment and leaves the group escapes"
@@ -81,21 +87,34 @@ static CGROUPS_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The containment asked for: the builder's, else `REAPKIT_CONTAINMENT`; `None` is auto.
 pub(crate) fn requested(own: Option<Containment>) -> Result<Option<Containment>> {
-    if own.is_some() {
-        return Ok(own);
-    }
-    match std::env::var(ENV_CONTAINMENT) {
-        Err(_) => Ok(None),
-        Ok(value) => Containment::parse(&value).ok_or_else(|| Error::Config {
+    let asked = match (own, std::env::var(ENV_CONTAINMENT)) {
+        (Some(own), _) => Some(own),
+        (None, Err(_)) => None,
+        (None, Ok(value)) => Containment::parse(&value).ok_or_else(|| Error::Config {
             var: ENV_CONTAINMENT,
             value,
             reason: "use auto, cgroup, keeper or marker".into(),
-        }),
+        })?,
+    };
+    match asked {
+        Some(strong @ (Containment::Cgroup | Containment::Keeper)) if !crate::os::PROC_TABLE => {
+            Err(Error::Unsupported {
+                what: if strong == Containment::Cgroup { "containment cgroup" } else { "containment keeper" },
+                source: std::io::Error::other(format!(
+                    "the portable backend ({}) holds a tree by its process group only: use marker or auto",
+                    std::env::consts::OS
+                )),
+            })
+        }
+        asked => Ok(asked),
     }
 }
 
 /// What `auto` gives a new guard on this machine now.
 pub fn auto() -> Containment {
+    if !crate::os::PROC_TABLE {
+        return Containment::Marker;
+    }
     if !CGROUPS_REFUSED.load(Ordering::Relaxed) && cgroup::hierarchy().is_ok() {
         Containment::Cgroup
     } else {
@@ -116,6 +135,9 @@ pub fn reapkit_cgroups() -> Vec<std::path::PathBuf> {
 
 /// Where cgroups would be made, or why none can be: for `reapkit ps` and error messages.
 pub fn describe_machine() -> String {
+    if !crate::os::PROC_TABLE {
+        return format!("new guards get their process group: the portable backend ({})", std::env::consts::OS);
+    }
     match cgroup::hierarchy() {
         Ok(h) if !CGROUPS_REFUSED.load(Ordering::Relaxed) => {
             format!("new guards get a cgroup under {} (cgroup2 at {})", h.own.display(), h.mount.display())

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Command;
@@ -21,7 +21,7 @@ use crate::member::Member;
 use crate::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER};
 use crate::procfs::ProcId;
 use crate::run_stats::{self, Event};
-use crate::{sys, ProcessGuard};
+use crate::{os, ProcessGuard};
 
 /// An argument no program understands: a binary whose constructor did not run exits at once.
 pub(super) const KEEPER_ARG: &str = "--reapkit-shared";
@@ -162,17 +162,17 @@ fn run_owner() -> Result<Option<(OwnerId, Member)>, String> {
 static STOP_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    // SAFETY: the eventfd is stored before any handler is installed and never closed; the
+    // The wake-up is stored before any handler is installed and never closed; the
     // notification is one write(2), which is async-signal-safe.
-    sys::eventfd_notify(unsafe { std::os::fd::BorrowedFd::borrow_raw(STOP_FD.load(Ordering::Relaxed)) });
+    os::notify_raw(STOP_FD.load(Ordering::Relaxed));
 }
 
-/// SIGTERM, SIGINT and SIGHUP make the eventfd readable: the keeper then ends its fixture, as
+/// SIGTERM, SIGINT and SIGHUP make the wake-up readable: the keeper then ends its fixture, as
 /// a sweep that reaps it expects. Handlers, not a blocked mask: the fixture inherits a mask.
-fn on_signals() -> io::Result<OwnedFd> {
+fn on_signals() -> io::Result<os::Wakeup> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let fd = sys::eventfd()?;
-    STOP_FD.store(fd.as_raw_fd(), Ordering::Relaxed);
+    let fd = os::Wakeup::new()?;
+    STOP_FD.store(fd.notify_fd(), Ordering::Relaxed);
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only loads an atomic and calls write(2).
@@ -268,29 +268,29 @@ impl Keeper<'_> {
     /// Serves leases until the fixture must end; returns why.
     fn serve(
         mut self,
-        stop: &OwnedFd,
+        stop: &os::Wakeup,
         owner: Option<&Member>,
         server: Option<&Member>,
         reuse_idle: Option<Duration>,
     ) -> String {
         let mut idle_since = Instant::now();
         loop {
-            let mut fds = vec![(stop.as_fd(), libc::POLLIN), (self.listener.as_fd(), libc::POLLIN)];
+            let mut fds = vec![(stop.fd(), libc::POLLIN), (self.listener.as_fd(), libc::POLLIN)];
             let owner_at = owner.map(|o| {
-                fds.push((o.pidfd.as_fd(), libc::POLLIN));
+                fds.push((o.handle.fd(), libc::POLLIN));
                 fds.len() - 1
             });
             let server_at = server.map(|s| {
-                fds.push((s.pidfd.as_fd(), libc::POLLIN));
+                fds.push((s.handle.fd(), libc::POLLIN));
                 fds.len() - 1
             });
             let first_lease = fds.len();
             fds.extend(self.leases.iter().map(|(c, _)| (c.as_fd(), libc::POLLIN)));
             let deadline = match reuse_idle {
                 Some(idle) if self.leases.is_empty() => idle_since + idle,
-                _ => sys::deadline_in(Duration::from_secs(3600)),
+                _ => os::deadline_in(Duration::from_secs(3600)),
             };
-            let ready = sys::poll_for(&fds, deadline);
+            let ready = os::poll_for(&fds, deadline);
             drop(fds);
             if ready.contains(&0) {
                 return "signalled".into();
@@ -368,7 +368,7 @@ impl Keeper<'_> {
 /// ignored it, and a test that died mid-attach must not take the keeper along.
 fn send_all(conn: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        match nix::sys::socket::send(conn.as_raw_fd(), buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+        match os::send_nosignal(conn.as_fd(), buf) {
             Ok(n) => buf = &buf[n..],
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),

@@ -46,7 +46,7 @@ use crate::listening::{Listen, Listener};
 use crate::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
 use crate::procfs::{ProcId, Stat};
 use crate::registry::{self, Attachment, HeldFd, LiveGuard};
-use crate::{ledger, sys};
+use crate::{ledger, os};
 
 pub(crate) use keeper::run as keeper_main;
 
@@ -351,7 +351,7 @@ impl Paths {
                 peer.uid
             )));
         }
-        let line = match read_line(&mut &conn, sys::deadline_in(ATTACH_TIMEOUT)) {
+        let line = match read_line(&mut &conn, os::deadline_in(ATTACH_TIMEOUT)) {
             Line::Got(line) => line,
             // A keeper that is ending closes new connections unanswered: as if none ran.
             Line::Eof => return Ok(None),
@@ -384,7 +384,7 @@ impl Paths {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&self.log)
             .map_err(|e| Error::io(&format!("creating {}", self.log.display()), e))?;
-        let mut cmd = Command::new("/proc/self/exe");
+        let mut cmd = Command::new(crate::os::self_exe());
         cmd.arg0("reapkit-shared").arg(keeper::KEEPER_ARG);
         // reapkit's markers are the keeper's own, never the asking test's; of its settings,
         // those its fixture's guard reads pass through.
@@ -458,7 +458,7 @@ fn read_line(from: &mut (impl Read + AsFd), deadline: Instant) -> Line {
     let mut line = Vec::new();
     let mut buf = [0u8; 4096];
     while !line.contains(&b'\n') && line.len() < MAX_SPEC_BYTES {
-        if !sys::wait_readable(from.as_fd(), deadline) {
+        if !os::wait_readable(from.as_fd(), deadline) {
             return Line::TimedOut;
         }
         match from.read(&mut buf) {
@@ -474,7 +474,7 @@ fn read_line(from: &mut (impl Read + AsFd), deadline: Instant) -> Line {
 
 /// The keeper's one line: `ready <pid>` or `error <why>`, within `timeout`.
 fn read_ready(mut out: std::process::ChildStdout, timeout: Duration) -> std::result::Result<ReadyLine, String> {
-    let line = match read_line(&mut out, sys::deadline_in(timeout)) {
+    let line = match read_line(&mut out, os::deadline_in(timeout)) {
         Line::Got(line) => line,
         Line::Eof => return Err("its keeper exited without a word".into()),
         Line::TimedOut => return Err(format!("it was not ready within {timeout:?}")),
@@ -520,15 +520,8 @@ pub fn clear_stale(dir: &Path, keep_logs: Duration) {
     }
 }
 
-/// The peer of a Unix connection, as the kernel saw it at `connect`/`listen`.
-pub(crate) struct Peer {
-    pub(crate) pid: i32,
-    pub(crate) uid: u32,
-}
-
-pub(crate) fn peer_of(conn: &impl AsFd) -> std::io::Result<Peer> {
-    let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(Peer { pid: cred.pid(), uid: cred.uid() })
+pub(crate) fn peer_of(conn: &impl AsFd) -> std::io::Result<crate::os::Peer> {
+    crate::os::peer_of(conn.as_fd())
 }
 
 /// What a test attached to a shared fixture can reach it by.
@@ -611,7 +604,7 @@ impl SharedFixture {
     /// Waits up to `timeout` for the fixture to end (its run over, its server gone, its keeper
     /// signalled); `true` if it did. The keeper closes every lease as it ends.
     pub fn wait_ended(&self, timeout: Duration) -> bool {
-        sys::wait_readable(self.conn.as_fd(), sys::deadline_in(timeout))
+        os::wait_readable(self.conn.as_fd(), os::deadline_in(timeout))
     }
 }
 
