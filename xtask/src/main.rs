@@ -58,6 +58,20 @@ fn reap(args: &reapkit_cli::ReapArgs) -> Result<ExitCode> {
 fn test(nextest_args: &[String]) -> Result<ExitCode> {
     setup()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The portable backend, as the suite forces it on Linux and as macOS and FreeBSD build it:
+    // no Linux-only symbol outside the Linux backend, or these fail.
+    run(cargo().args(["clippy", "--package", "reapkit", "--package", "reapkit-tests", "--features"]).args([
+        "reapkit-tests/portable",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for target in PORTABLE_TARGETS {
+        run(cargo()
+            .args(["clippy", "--package", "reapkit", "--features", "docker,rmcp", "--target", target])
+            .args(["--", "-D", "warnings"]))?;
+    }
     // Doctests first (nextest does not run them), so nextest's summary closes the output.
     run(cargo().args(["test", "--package", "reapkit", "--features", "docker,rmcp-http", "--doc"]))?;
     // The user workspace's tests are built now, so that running them later only runs them.
@@ -88,6 +102,12 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     run(cargo()
         .args(["test", "--package", "reapkit-tests"])
         .args(["--test", "leak_detection", "--test", "fd_leak_suite", "--test", "budgets"])
+        .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
+    // The portable backend's own tests, with reapkit built that way (last: the suite's helper
+    // binaries are rebuilt with it). Not under `reapkit wrap` (see .config/nextest.toml).
+    run(cargo()
+        .args(["nextest", "run", "--package", "reapkit-tests", "--features", "portable", "--test", "portable"])
+        .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
     // The CI step, as users run it: everything the suite leaked is reaped and fails the run.
     eprintln!("xtask: running `cargo xtask reap` after the suite");
@@ -154,6 +174,10 @@ fn demo() -> Result<()> {
     section("the benchmarks");
     Ok(())
 }
+
+/// The systems the portable backend is for, checked with `cargo clippy --target` (their
+/// standard libraries come from `scripts/setup.sh`).
+const PORTABLE_TARGETS: [&str; 2] = ["x86_64-apple-darwin", "x86_64-unknown-freebsd"];
 
 fn section(title: &str) {
     eprintln!("\n==== {title}\n");

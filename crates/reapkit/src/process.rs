@@ -189,7 +189,7 @@ impl ProcessBuilder {
         })?;
         if self.listen.is_some() && !crate::os::PROC_TABLE {
             return Err(Error::Unsupported {
-                what: "readiness by listening socket",
+                what: "readiness by a listening socket",
                 source: std::io::Error::other(
                     "it reads the tree's sockets from /proc, which the portable backend has not: wait for the \
                      server's own readiness line or port file instead",

@@ -10,8 +10,7 @@
 //! Where each call is documented for each target: the `libc` crate's per-target modules (which
 //! targets declare it) and the systems' manual pages — waitid(2), kill(2), poll(2) and
 //! sigaction(2) in POSIX.1-2008; kqueue(2) and proc_pidinfo in macOS's and FreeBSD's;
-//! procctl(2) (`PROC_REAP_ACQUIRE`) and closefrom(2) in FreeBSD's; getpeereid(3) and
-//! `LOCAL_PEERPID` in macOS's unix(4).
+//! procctl(2) (`PROC_REAP_ACQUIRE`) in FreeBSD's.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -397,37 +396,12 @@ pub(crate) struct Peer {
     pub(crate) uid: u32,
 }
 
-/// `getpeereid` and `LOCAL_PEERPID` (macOS).
-#[cfg(target_os = "macos")]
-pub(crate) fn peer_of(conn: BorrowedFd<'_>) -> io::Result<Peer> {
-    let (mut uid, mut gid) = (0, 0);
-    // SAFETY: fills two integers we own for a socket we hold.
-    if unsafe { libc::getpeereid(conn.as_raw_fd(), &mut uid, &mut gid) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut pid: libc::pid_t = 0;
-    let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
-    // SAFETY: fills an integer we own, with its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_LOCAL,
-            libc::LOCAL_PEERPID,
-            (&mut pid as *mut libc::pid_t).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Peer { pid, uid })
-}
-
-#[cfg(not(target_os = "macos"))]
+/// No portable call names the process at the other end of a Unix socket (`getpeereid` gives
+/// only its uid): shared fixtures, which need it, refuse to start on this backend.
 pub(crate) fn peer_of(_conn: BorrowedFd<'_>) -> io::Result<Peer> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
-        "this OS does not name the process at the other end of a Unix socket to the portable backend",
+        "the portable backend cannot name the process at the other end of a Unix socket",
     ))
 }
 

@@ -185,6 +185,17 @@ impl Shared {
     pub fn attach(&self) -> Result<SharedFixture> {
         let created_at = std::panic::Location::caller();
         let spec = &self.spec;
+        if !crate::os::PROC_TABLE {
+            // Its keeper names a lease's test by the socket's peer and watches the run owner,
+            // a process that is not its child: neither has a portable call.
+            return Err(Error::Unsupported {
+                what: "a shared fixture",
+                source: std::io::Error::other(
+                    "the portable backend can neither name a socket's peer nor watch the run owner (the test \
+                     runner) for its exit; start the fixture per test, or run on Linux",
+                ),
+            });
+        }
         self.check()?;
         let run_owner = spec.reuse_idle.is_none().then(run_owner);
         let paths = Paths::new(&self.shared_dir()?, spec, run_owner.as_ref())?;
