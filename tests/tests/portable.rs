@@ -157,7 +157,7 @@ fn an_mcp_server_answers_and_its_teardown_leaves_no_descriptor_and_no_thread_beh
     assert!(out.text().contains("portable"), "{}", out.text());
     let t = server.shutdown();
     assert!(t.is_clean(), "{t}");
-    assert_eq!(fd_count(), before, "the pipes, the waiter's pipe and the drain's wake-up are closed");
+    assert_eq!(fd_count(), before, "the pipes, the waiter's socket pair and the drain's wake-up are closed");
     assert_eq!(threads_named("reapkit-wait"), 0, "every waiter thread was joined");
 }
 

@@ -111,69 +111,76 @@ compile_error!(
      \"What holds where\")"
 );
 
-mod budget;
-pub mod capabilities;
-#[cfg(feature = "docker")]
-mod container;
-pub mod containment;
-#[cfg(feature = "docker")]
-mod docker_engine;
-mod error;
-pub mod escape;
-mod fd_snapshot;
-pub mod identity;
-pub mod ledger;
-pub mod listening;
-#[cfg(feature = "mcp")]
-mod mcp;
-mod member;
-#[cfg(feature = "async")]
-mod offload;
-mod os;
-pub mod ownership;
-mod process;
-pub mod procfs;
-mod reexec;
-mod registry;
-#[cfg(feature = "rmcp")]
-pub mod rmcp;
-pub mod run_stats;
-pub mod scope;
-pub mod shared;
-mod stderr_ring;
-pub mod supervise;
-pub mod sweep;
-mod teardown;
-mod watchdog;
+/// On a non-Unix target only the `compile_error!` above is reported, not every item below.
+macro_rules! unix_only {
+    ($($item:item)*) => { $( #[cfg(unix)] $item )* };
+}
 
-pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
-pub use capabilities::{capabilities, Capabilities, Concern, Guarantee};
-#[cfg(feature = "docker")]
-pub use container::{
-    Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_STOP_TIMEOUT, LABEL_CREATED,
-    LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
-};
-pub use containment::Containment;
-#[cfg(feature = "docker")]
-pub use docker_engine::DEFAULT_DOCKER_HOST;
-pub use error::{Error, Result};
-pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
-pub use identity::OwnerId;
-pub use listening::{Listen, ListenAddr, Listener};
-#[cfg(feature = "mcp")]
-pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
-pub use os::{backend, Backend};
-pub use process::{
-    shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT,
-    DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE,
-};
-pub use procfs::ProcId;
-pub use reapkit_macros::test;
-pub use run_stats::RunStats;
-pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
-pub use shared::{FixtureInfo, Shared, SharedFixture};
-pub use teardown::{EndedBy, Step, Teardown};
-pub use watchdog::DEFAULT_WATCHDOG_GRACE;
+unix_only! {
+    mod budget;
+    pub mod capabilities;
+    #[cfg(feature = "docker")]
+    mod container;
+    pub mod containment;
+    #[cfg(feature = "docker")]
+    mod docker_engine;
+    mod error;
+    pub mod escape;
+    mod fd_snapshot;
+    pub mod identity;
+    pub mod ledger;
+    pub mod listening;
+    #[cfg(feature = "mcp")]
+    mod mcp;
+    mod member;
+    #[cfg(feature = "async")]
+    mod offload;
+    mod os;
+    pub mod ownership;
+    mod process;
+    pub mod procfs;
+    mod reexec;
+    mod registry;
+    #[cfg(feature = "rmcp")]
+    pub mod rmcp;
+    pub mod run_stats;
+    pub mod scope;
+    pub mod shared;
+    mod stderr_ring;
+    pub mod supervise;
+    pub mod sweep;
+    mod teardown;
+    mod watchdog;
+
+    pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
+    pub use capabilities::{capabilities, Capabilities, Concern, Guarantee};
+    #[cfg(feature = "docker")]
+    pub use container::{
+        Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_STOP_TIMEOUT, LABEL_CREATED,
+        LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
+    };
+    pub use containment::Containment;
+    #[cfg(feature = "docker")]
+    pub use docker_engine::DEFAULT_DOCKER_HOST;
+    pub use error::{Error, Result};
+    pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
+    pub use identity::OwnerId;
+    pub use listening::{Listen, ListenAddr, Listener};
+    #[cfg(feature = "mcp")]
+    pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+    pub use os::{backend, Backend};
+    pub use process::{
+        shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT,
+        DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE,
+    };
+    pub use procfs::ProcId;
+    pub use reapkit_macros::test;
+    pub use run_stats::RunStats;
+    pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
+    pub use shared::{FixtureInfo, Shared, SharedFixture};
+    pub use teardown::{EndedBy, Step, Teardown};
+    pub use watchdog::DEFAULT_WATCHDOG_GRACE;
+}
 
 /// The README's examples, compiled (and run, where they need nothing from outside) as doctests.
 #[cfg(doctest)]
@@ -181,6 +188,7 @@ pub use watchdog::DEFAULT_WATCHDOG_GRACE;
 struct ReadmeDoctests;
 
 /// What `#[reapkit::test]` expands to; not a stable API.
+#[cfg(unix)]
 #[doc(hidden)]
 pub mod __private {
     pub use crate::scope::{conclude, test_name, CatchUnwind};

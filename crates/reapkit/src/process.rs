@@ -276,7 +276,9 @@ impl ProcessBuilder {
                 if crate::error::fd_limit_hint(&source).is_some() {
                     return Err(spawn_error(&program, source));
                 }
-                return Err(Error::Unsupported { what: "a process handle (pidfd_open)", source });
+                let what =
+                    if crate::os::PROC_TABLE { "a pidfd (pidfd_open)" } else { "a process handle (a waiter thread)" };
+                return Err(Error::Unsupported { what, source });
             }
         };
         let (leader, holder) = match holder {

@@ -83,7 +83,10 @@ impl Handle {
     }
 
     fn open_child(pid: i32) -> io::Result<Handle> {
-        let (read, write) = pipe()?;
+        // A socket pair, not a pipe: the handle may be dropped before its child exits, and the
+        // waiter's late write must not raise SIGPIPE (`send_nosignal`) where std has not
+        // ignored it (a watchdog runs before `main`).
+        let (read, write) = socket_pair()?;
         let write_fd = write.as_raw_fd();
         let thread =
             std::thread::Builder::new().name(format!("reapkit-wait-{pid}")).stack_size(64 * 1024).spawn(move || {
@@ -98,7 +101,7 @@ impl Handle {
                         break;
                     }
                 }
-                notify_raw(write.as_raw_fd());
+                let _ = send_nosignal(write.as_fd(), b"!");
             })?;
         Ok(Handle { pid, exit: read, waiter: Mutex::new(Some(Waiter { thread, write_fd })) })
     }
@@ -222,6 +225,17 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         super::set_nonblocking(fd)?;
     }
     Ok((read, write))
+}
+
+/// A close-on-exec, non-blocking pair of connected Unix stream sockets.
+fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::empty())?;
+    for fd in [a.as_fd(), b.as_fd()] {
+        set_cloexec(fd)?;
+        super::set_nonblocking(fd)?;
+    }
+    Ok((a, b))
 }
 
 fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -513,10 +527,11 @@ mod facts {
 #[cfg(target_os = "linux")]
 mod facts {
     pub(super) fn start_time(pid: i32) -> Option<u64> {
+        static BOOT: std::sync::OnceLock<crate::procfs::BootClock> = std::sync::OnceLock::new();
         let mut buf = Vec::with_capacity(512);
         crate::procfs::read_into(&format!("/proc/{pid}/stat"), &mut buf).ok()?;
         let ticks = crate::procfs::Stat::parse(&buf)?.start_time;
-        let boot = crate::procfs::BootClock::read_linux();
+        let boot = BOOT.get_or_init(crate::procfs::BootClock::read_linux);
         let started = boot.started(ticks).duration_since(std::time::UNIX_EPOCH).ok()?;
         Some(started.as_micros() as u64)
     }
