@@ -130,13 +130,16 @@ pub fn capabilities() -> Capabilities {
     } else {
         Guarantee::Full("the watchdog, woken by the test process's pidfd".into())
     };
-    let recycled = match crate::os::Handle::open(std::process::id() as i32) {
-        Ok(_) => Guarantee::Full("pidfds, opened then checked against the start time".into()),
-        Err(_) if portable => Guarantee::Full(
+    let recycled = if portable {
+        Guarantee::Full(
             "only our own unreaped children, and the groups they lead, are signalled: their pids cannot be reused"
                 .into(),
-        ),
-        Err(e) => Guarantee::Missing(format!("pidfd_open fails ({e}): reapkit needs Linux 5.3 or later")),
+        )
+    } else {
+        match crate::os::Handle::open(std::process::id() as i32) {
+            Ok(_) => Guarantee::Full("pidfds, opened then checked against the start time".into()),
+            Err(e) => Guarantee::Missing(format!("pidfd_open fails ({e}): reapkit needs Linux 5.3 or later")),
+        }
     };
     let namespaces = if portable {
         Guarantee::Partial(
