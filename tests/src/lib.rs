@@ -1,15 +1,17 @@
 //! Support for reapkit's own test suite: the fixture server, decoys, leak checks.
 //!
 //! Every check here looks at the machine, not at what the guard says it did: a teardown
-//! report can be wrong, `/proc` cannot.
+//! report can be wrong, `/proc` cannot. It reads `/proc` itself ([`observe`]), never through
+//! reapkit, so the checks mean the same under either of reapkit's backends.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use reapkit::procfs::{self, MarkerScan};
-
 pub mod docker;
+pub mod observe;
+
+use reapkit::capabilities::{Concern, Guarantee};
 pub mod sweep_sandbox;
 use reapkit::ProcId;
 
@@ -29,12 +31,12 @@ pub fn fixture(flags: &[&str]) -> Command {
 
 /// The test process's open FD count.
 pub fn fd_count() -> usize {
-    procfs::fd_count(std::process::id() as i32).expect("our own /proc/self/fd is readable")
+    observe::fd_count()
 }
 
 /// Live processes (zombies excluded: their environment is gone) carrying `REAPKIT_GUARD=<guard>`.
 pub fn marked(guard: &str) -> Vec<ProcId> {
-    MarkerScan::new().find(&format!("REAPKIT_GUARD={guard}"))
+    observe::carrying(&format!("REAPKIT_GUARD={guard}"))
 }
 
 /// Panics naming every process of `ids` that still has a `/proc` entry, zombies included.
@@ -43,8 +45,8 @@ pub fn assert_all_gone(ids: &[ProcId]) {
         .iter()
         .filter(|id| id.is_alive())
         .map(|id| {
-            let state = procfs::Stat::read(id.pid).map(|s| s.state as char).unwrap_or('?');
-            format!("pid {} state {state} `{}`", id.pid, procfs::cmdline(id.pid))
+            let state = observe::state(id.pid).unwrap_or('?');
+            format!("pid {} state {state} `{}`", id.pid, observe::cmdline(id.pid))
         })
         .collect();
     assert!(left.is_empty(), "processes of the torn-down tree are still there: {left:#?}");
@@ -54,9 +56,8 @@ pub fn assert_all_gone(ids: &[ProcId]) {
 /// Taken before teardown, checked with [`assert_all_gone`] after.
 pub fn tree_of(guard: &str, leader: ProcId) -> Vec<ProcId> {
     let mut ids = marked(guard);
-    if !ids.contains(&leader) {
-        ids.push(leader);
-    }
+    ids.retain(|id| *id != leader);
+    ids.insert(0, leader);
     ids
 }
 
@@ -65,12 +66,97 @@ pub fn tree_of(guard: &str, leader: ProcId) -> Vec<ProcId> {
 /// from outside that the tree is gone (zombies included), the FD count is back to its baseline
 /// and the decoy's whole tree is untouched.
 pub fn leak_checked(decoy: Command, cmd: Command, body: impl FnOnce(Command) -> Vec<ProcId>) {
+    let escapees = lacks(Concern::Escapees);
+    if escapees.is_some() {
+        adopt_orphans();
+    }
+    before_fd_baseline();
     let mut decoy = Decoy::start(decoy);
     let baseline = fd_count();
     let tree = body(cmd);
+    if escapees.is_some() {
+        end_escapees(&tree);
+        // Escapees of guards the body never saw (a start that failed) carry this process's
+        // owner marker: ended too (not its watchdog, which carries it as well).
+        let owner = format!("REAPKIT_OWNER={}", reapkit::ownership::Owner::current().marker());
+        let unseen: Vec<ProcId> = observe::carrying(&owner)
+            .into_iter()
+            .filter(|id| !tree.contains(id) && !observe::has_var(id.pid, reapkit::ownership::ENV_WATCHDOG_OWNER))
+            .collect();
+        for id in &unseen {
+            eprintln!(
+                "ending the escapee pid {} (`{}`) of a guard the test never held",
+                id.pid,
+                observe::cmdline(id.pid)
+            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
+        }
+        reap_orphans(&[tree.as_slice(), unseen.as_slice()].concat());
+    }
     assert_all_gone(&tree);
     assert_eq!(fd_count(), baseline, "the test process's FD count is back to its baseline");
     decoy.assert_untouched();
+}
+
+/// Call before taking an FD baseline that a first guard will be compared against. The first
+/// guard of a process starts its watchdog, and on the portable backend the process then keeps
+/// the watchdog's lifeline open for the rest of its life (one descriptor reapkit's own checks
+/// know): started here, it is in the baseline.
+pub fn before_fd_baseline() {
+    if reapkit::backend() == reapkit::Backend::Portable {
+        let first = reapkit::ProcessGuard::spawn(Command::new("true")).expect("a first guard");
+        assert!(first.shutdown().is_clean());
+    }
+}
+
+/// Why this build of reapkit does not give `concern` at all, if it does not (a partial
+/// guarantee, such as marker-only containment, counts as given: the test knows its limits). A
+/// test that relies on the concern then says so on stderr and checks the stated gap rather than
+/// its claim — by capability, never a silent skip.
+pub fn lacks(concern: Concern) -> Option<String> {
+    let caps = reapkit::capabilities();
+    let Guarantee::Missing(why) = caps.of(concern).clone() else { return None };
+    eprintln!(
+        "this test relies on `{concern}`, which this build ({} backend) does not give ({why}): it checks that gap \
+         instead",
+        caps.backend
+    );
+    Some(why)
+}
+
+/// Under the portable backend, which has no subreaper: the test process becomes the one its
+/// trees' orphans are re-parented to, standing in for the init that reaps them on macOS
+/// (launchd) — this sandbox's PID 1 never does.
+pub fn adopt_orphans() {
+    nix::sys::prctl::set_child_subreaper(true).expect("the test process's own subreaper flag");
+}
+
+/// Under the portable backend: of a torn-down `tree` (its leader first), what left the
+/// leader's group survives — the stated gap — and is ended here, by pid (this test started it);
+/// what stayed in the group got SIGKILL and is waited for by [`reap_orphans`].
+fn end_escapees(tree: &[ProcId]) {
+    let Some(leader) = tree.first() else { return };
+    for id in tree.iter().filter(|id| id.is_alive() && !is_zombie(id.pid)) {
+        if observe::pgrp(id.pid) != Some(leader.pid) {
+            eprintln!(
+                "ending the escapee pid {} (`{}`) the portable backend cannot reach",
+                id.pid,
+                observe::cmdline(id.pid)
+            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(id.pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+/// Reaps, by pid, the zombies of `tree` that were re-parented to this process.
+pub fn reap_orphans(tree: &[ProcId]) {
+    let me = std::process::id() as i32;
+    for id in tree {
+        wait_until(&format!("pid {} has exited", id.pid), || (!id.is_alive() || is_zombie(id.pid)).then_some(()));
+        if observe::children(me).contains(&id.pid) {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), None);
+        }
+    }
 }
 
 /// A process tree with the same command line as a guarded one but no reapkit marker: the
@@ -107,7 +193,7 @@ impl Decoy {
         let _ = writeln!(stdin, "{init}");
         let _ = BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut String::new());
         let marker = format!("{DECOY_ENV}={id}");
-        let tree = MarkerScan::new().find(&marker);
+        let tree = observe::carrying(&marker);
         Decoy { child, marker, tree }
     }
 
@@ -135,7 +221,11 @@ pub fn token() -> String {
 
 /// Processes whose command line holds `token` (zombies have none: they are found before).
 pub fn by_token(token: &str) -> Vec<ProcId> {
-    procfs::pids().filter(|&pid| procfs::cmdline(pid).split(' ').any(|a| a == token)).filter_map(ProcId::of).collect()
+    observe::pids()
+        .into_iter()
+        .filter(|&pid| observe::cmdline(pid).split(' ').any(|a| a == token))
+        .filter_map(ProcId::of)
+        .collect()
 }
 
 /// Ends the processes named by `token`, by pid (ours: started by a test's fixture), where a
@@ -177,7 +267,7 @@ pub fn wait_exit(id: ProcId, what: &str) {
 /// A shared fixture's keeper and everything below it (its fixture's tree, its watchdog),
 /// taken while it runs.
 pub fn keeper_tree(keeper: ProcId) -> Vec<ProcId> {
-    std::iter::once(keeper).chain(procfs::descendants(keeper.pid)).collect()
+    std::iter::once(keeper).chain(observe::descendants(keeper.pid)).collect()
 }
 
 /// Waits for every keeper of `keepers` to exit — after its fixture is torn down — and returns
@@ -198,7 +288,7 @@ pub fn keepers_ended(keepers: &[ProcId], trees: &[ProcId]) -> std::time::Duratio
 
 /// Whether `pid` exists as a zombie (exited, not yet reaped).
 pub fn is_zombie(pid: i32) -> bool {
-    procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie())
+    observe::is_zombie(pid)
 }
 
 /// Polls an outside condition that has no event to wait on (a fixture's children appearing,
@@ -229,7 +319,7 @@ impl Drop for Decoy {
 /// reaped. `leader`, our own child, is left for its `Child` to wait for.
 pub fn end_marked(marker: &str, leader: i32) {
     for _ in 0..5 {
-        let found: Vec<ProcId> = MarkerScan::new().find(marker);
+        let found: Vec<ProcId> = observe::carrying(marker);
         if found.is_empty() {
             break;
         }

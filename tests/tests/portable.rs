@@ -14,36 +14,17 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reapkit::capabilities::{Concern, Guarantee};
 use reapkit::sweep::{DockerCheck, Scope, Sweep, EXIT_UNCHECKED};
-use reapkit::{Containment, EndedBy, ProcessGuard};
+use reapkit::{Containment, EndedBy, ProcId, ProcessGuard};
 use reapkit_tests::docker;
-use reapkit_tests::fixture;
-
-/// The state letter of `/proc/<pid>/stat`, read by the test (never by the product).
-fn state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
-}
+use reapkit_tests::observe::{self, fd_count, state};
+use reapkit_tests::{adopt_orphans, fixture, reap_orphans, wait_until};
 
 fn running(pid: i32) -> bool {
-    state(pid).is_some_and(|s| s != 'Z' && s != 'X')
-}
-
-/// Polls processes this test cannot wait on (not its children) for at most 10 s.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Our descriptor count, from `/proc/self/fd`.
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("our own fd table").count()
+    observe::state(pid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 /// A guard of `sh -c script` whose stdout is a pipe we read: the script prints pids, one a line.
@@ -94,8 +75,10 @@ fn the_strong_containments_are_refused_with_what_to_use_instead() {
 
 #[test]
 fn a_guard_ends_every_process_of_its_group_and_a_decoy_in_a_group_of_its_own_survives() {
+    adopt_orphans();
     let mut decoy = Command::new("sleep").arg("300").process_group(0).spawn().expect("the decoy");
     let (guard, members) = shell_guard("sleep 300 & echo $!; sleep 300 & echo $!; exec sleep 300", 2);
+    let orphans: Vec<ProcId> = members.iter().filter_map(|&p| ProcId::of(p)).collect();
     let leader = guard.pid();
     assert!(members.iter().chain([&leader]).all(|&p| running(p)), "{members:?} and {leader} run");
 
@@ -105,7 +88,8 @@ fn a_guard_ends_every_process_of_its_group_and_a_decoy_in_a_group_of_its_own_sur
     assert_eq!(t.ended_by, EndedBy::Sigterm, "{t}");
     assert_eq!(t.containment, Containment::Marker);
     assert!(state(leader).is_none(), "the leader is reaped: {t}");
-    wait_until("the group's members are gone", || members.iter().all(|&p| !running(p)));
+    wait_until("the group's members are gone", || members.iter().all(|&p| !running(p)).then_some(()));
+    reap_orphans(&orphans);
     assert!(matches!(gap(&t, Concern::Escapees), Some(Guarantee::Missing(_))), "{t}");
     assert!(t.to_string().contains("escapees NOT guaranteed here"), "the report says what it cannot vouch for: {t}");
     assert!(decoy.try_wait().expect("our child").is_none(), "the decoy outside the group was touched");
@@ -116,30 +100,30 @@ fn a_guard_ends_every_process_of_its_group_and_a_decoy_in_a_group_of_its_own_sur
 #[test]
 fn a_member_that_ignores_sigterm_and_outlives_its_leader_gets_sigkill_before_the_leader_is_reaped() {
     // The leader exits on stdin EOF; its child ignores SIGTERM and stays in the group.
+    adopt_orphans();
     let (guard, members) = shell_guard("(trap '' TERM HUP; exec sleep 300) & echo $!; read _", 1);
+    let orphans: Vec<ProcId> = members.iter().filter_map(|&p| ProcId::of(p)).collect();
     let t = guard.shutdown();
     assert_eq!(t.ended_by, EndedBy::StdinEof, "{t}");
     assert!(t.is_clean(), "{t}");
-    wait_until("the member that outlived its leader is gone", || !running(members[0]));
+    wait_until("the member that outlived its leader is gone", || (!running(members[0])).then_some(()));
+    reap_orphans(&orphans);
 }
 
 #[test]
 fn a_setsid_escapee_survives_and_the_teardown_names_that_gap_instead_of_passing_silently() {
+    adopt_orphans();
     let (guard, escapee) = shell_guard("setsid sleep 300 & echo $!; exec sleep 300", 1);
     let escapee = escapee[0];
-    wait_until("the escapee has its own session", || {
-        std::fs::read_to_string(format!("/proc/{escapee}/stat"))
-            .ok()
-            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().nth(3)?.to_owned()))
-            .is_some_and(|session| session == escapee.to_string())
-    });
+    let orphan = ProcId::of(escapee).expect("it runs");
+    wait_until("the escapee has its own session", || (observe::session(escapee) == Some(escapee)).then_some(()));
     let t = guard.shutdown();
     assert!(running(escapee), "the portable backend cannot reach a process that left the group");
     let Some(Guarantee::Missing(why)) = gap(&t, Concern::Escapees) else { panic!("no escapee gap: {t}") };
     assert!(why.contains("setsid"), "{why}");
     // Ours (this test started it): ended by pid, as the Linux backend would have.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(escapee), nix::sys::signal::SIGKILL).expect("our escapee");
-    wait_until("the escapee is gone", || !running(escapee));
+    reap_orphans(&[orphan]);
 }
 
 #[test]
@@ -147,7 +131,7 @@ fn an_mcp_server_answers_and_its_teardown_leaves_no_descriptor_and_no_thread_beh
     // The first guard starts the watchdog, and this process keeps its lifeline: one pipe, for
     // the life of the process.
     let fresh = fd_count();
-    assert!(ProcessGuard::spawn(Command::new("true")).expect("a guard").shutdown().is_clean());
+    reapkit_tests::before_fd_baseline();
     assert_eq!(fd_count(), fresh + 1, "the lifeline, and nothing else, stays open");
     let before = fd_count();
     let mut server = reapkit::McpServer::start(fixture(&["--children", "1"])).expect("the handshake");
@@ -172,7 +156,7 @@ fn threads_named(prefix: &str) -> usize {
 
 #[test]
 fn a_hundred_server_cycles_and_a_hundred_failed_starts_leave_the_fd_table_flat() {
-    assert!(ProcessGuard::spawn(Command::new("true")).expect("the watchdog's first guard").shutdown().is_clean());
+    reapkit_tests::before_fd_baseline();
     let before = fd_count();
     for _ in 0..100 {
         let mut server = reapkit::McpServer::start(fixture(&[])).expect("the handshake");
@@ -266,7 +250,7 @@ fn a_killed_tests_watchdog_wakes_on_its_lifeline_removes_its_container_and_repor
         return;
     }
     // The orphaned guard's process comes to this test when its group is ended, to be reaped.
-    nix::sys::prctl::set_child_subreaper(true).expect("the test's own subreaper flag");
+    adopt_orphans();
     let ledger = tempfile::tempdir().expect("a ledger");
     let leaky = reapkit_tests::fixture_path().with_file_name("leaky-owner");
     let mut owner = Command::new(leaky)
@@ -288,7 +272,7 @@ fn a_killed_tests_watchdog_wakes_on_its_lifeline_removes_its_container_and_repor
     owner.wait().expect("reaped");
 
     wait_until("the watchdog removed the container", || {
-        docker::docker(&["ps", "-aq", "--filter", &format!("id={container}")]).is_empty()
+        docker::docker(&["ps", "-aq", "--filter", &format!("id={container}")]).is_empty().then_some(())
     });
     // Its process: alive, in its group, and reported by a sweep — not ended, not believed.
     assert!(running(leader), "the portable watchdog cannot prove the process ours");

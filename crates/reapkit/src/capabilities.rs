@@ -13,6 +13,7 @@
 //! | FD checks | `/proc/self/fd` | `/proc/self/fd` | `/dev/fd` (FreeBSD: with `fdescfs` mounted) |
 //! | containers | labels + ledger + watchdog (feature `docker`) | same | same |
 //! | owners in other PID namespaces | seen from the initial namespace | reported unchecked | partly: owners are checked by pid and start time in its own view |
+//! | process table (`info()`, budgets, `Listen`, shared fixtures, sweeps of processes) | `/proc` | `/proc` | **no**: refused with `Unsupported`; sweeps say they checked no process |
 //!
 //! `REAPKIT_CONTAINMENT=marker` and `REAPKIT_WATCHDOG=off` weaken the first three rows; the
 //! report then says so.
@@ -42,6 +43,9 @@ pub enum Concern {
     Containers,
     /// A sweep can tell whether an owner in another PID namespace is alive.
     OtherNamespaces,
+    /// What reads the process table: `ProcessGuard::info`, budgets, `Listen` readiness,
+    /// shared fixtures, and the sweeps' view of processes.
+    ProcessTable,
 }
 
 impl fmt::Display for Concern {
@@ -54,6 +58,7 @@ impl fmt::Display for Concern {
             Concern::FdChecks => "FD checks",
             Concern::Containers => "containers",
             Concern::OtherNamespaces => "owners in other PID namespaces",
+            Concern::ProcessTable => "process table",
         })
     }
 }
@@ -166,6 +171,7 @@ pub fn capabilities() -> Capabilities {
             (Concern::FdChecks, fd_checks()),
             (Concern::Containers, containers()),
             (Concern::OtherNamespaces, namespaces),
+            (Concern::ProcessTable, process_table()),
         ],
     }
 }
@@ -228,6 +234,20 @@ fn fd_checks() -> Guarantee {
     }
 }
 
+fn process_table() -> Guarantee {
+    if !crate::os::PROC_TABLE {
+        return Guarantee::Missing(
+            "the portable backend reads no process table: info(), budgets, Listen readiness and shared fixtures \
+             are refused, and sweeps check no process"
+                .into(),
+        );
+    }
+    match crate::procfs::Stat::read(std::process::id() as i32) {
+        Ok(_) => Guarantee::Full("/proc".into()),
+        Err(e) => Guarantee::Missing(format!("/proc cannot be read ({e})")),
+    }
+}
+
 fn containers() -> Guarantee {
     if cfg!(feature = "docker") {
         Guarantee::Full("labels, ledger records and the watchdog (feature `docker`)".into())
@@ -243,7 +263,7 @@ mod tests {
     #[test]
     fn every_concern_is_listed_once_and_gaps_are_what_is_not_full() {
         let caps = capabilities();
-        assert_eq!(caps.guarantees.len(), 7);
+        assert_eq!(caps.guarantees.len(), 8);
         assert!(caps.of(Concern::RecycledPids).is_full(), "{caps}");
         assert!(caps.of(Concern::FdChecks).is_full(), "{caps}");
         assert_eq!(caps.gaps().count(), caps.guarantees.iter().filter(|(_, g)| !g.is_full()).count());

@@ -187,14 +187,8 @@ impl ProcessBuilder {
             what: if crate::os::PROC_TABLE { "a /proc of this PID namespace" } else { "a boot identity" },
             source: std::io::Error::other(why.to_owned()),
         })?;
-        if self.listen.is_some() && !crate::os::PROC_TABLE {
-            return Err(Error::Unsupported {
-                what: "readiness by a listening socket",
-                source: std::io::Error::other(
-                    "it reads the tree's sockets from /proc, which the portable backend has not: wait for the \
-                     server's own readiness line or port file instead",
-                ),
-            });
+        if self.listen.is_some() {
+            no_process_table("readiness by a listening socket")?;
         }
         let ready_timeout = self.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
         let listen = self.listen.take().map(|l| (l, Instant::now() + ready_timeout));
@@ -393,6 +387,19 @@ fn short_command(record: &ledger::Record) -> String {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
     }
+}
+
+/// `Unsupported` on the portable backend, for `what` reads the process table (`/proc`).
+fn no_process_table(what: &'static str) -> Result<()> {
+    if crate::os::PROC_TABLE {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        what,
+        source: std::io::Error::other(
+            "it reads the process table (/proc), which the portable backend has not; check it in the test on Linux",
+        ),
+    })
 }
 
 /// `Ok` unless a process outside `tree` (pids) listens on TCP `port` in our network namespace.
@@ -611,6 +618,7 @@ impl ProcessGuard {
 
     /// Pid, group, uptime, RSS, FD count, threads and live descendants of the child.
     pub fn info(&self) -> Result<ProcessInfo> {
+        no_process_table("process info")?;
         let pid = self.pid();
         let usage = procfs::Usage::read(self.tree.leader.id)
             .map_err(|source| Error::Io { context: format!("reading /proc/{pid} of `{}`", self.program), source })?;
@@ -630,6 +638,7 @@ impl ProcessGuard {
     /// warm-up). The watch copies the child's identity instead of borrowing the guard, so the
     /// workload between samples may use the guard, or the `McpServer` around it, mutably.
     pub fn watch(&self, budget: Budget) -> Result<BudgetWatch> {
+        no_process_table("a budget")?;
         BudgetWatch::start(self.tree.leader.id, self.program.clone(), budget)
     }
 

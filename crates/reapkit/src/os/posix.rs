@@ -30,7 +30,7 @@ pub(crate) const PROC_TABLE: bool = false;
 /// A process we hold, readable once it has exited.
 ///
 /// Our own child: a thread blocked in `waitid(WEXITED | WNOWAIT)` — which leaves the zombie
-/// for its owner to reap — writes to a pipe when it exits, so waits stay one `poll`. Its pid
+/// for its owner to reap — writes to a socket pair when it exits, so waits stay one `poll`. Its pid
 /// cannot be recycled while it is unreaped, so a signal checked against `waitid` reaches only
 /// it. Another process: kqueue's `EVFILT_PROC`/`NOTE_EXIT` where the OS has it; elsewhere it
 /// cannot be held (`Unsupported`).
@@ -45,7 +45,7 @@ pub(crate) struct Handle {
 #[derive(Debug)]
 struct Waiter {
     thread: JoinHandle<()>,
-    /// Its end of the pipe, closed when the thread ends.
+    /// Its end of the socket pair, closed when the thread ends.
     write_fd: RawFd,
 }
 
@@ -191,8 +191,8 @@ impl Handle {
         rc == 0 && unsafe { info.si_pid() } != 0
     }
 
-    /// The descriptors it holds, for the FD accounting of a test: the waiter's end of the
-    /// pipe too, while the waiter runs.
+    /// The descriptors it holds, for the FD accounting of a test: the waiter's end too, while
+    /// the waiter runs.
     pub(crate) fn raw_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.exit.as_raw_fd()];
         fds.extend(self.lock_waiter().as_ref().filter(|w| !w.thread.is_finished()).map(|w| w.write_fd));
