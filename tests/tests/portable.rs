@@ -299,3 +299,18 @@ fn what_needs_a_process_table_is_refused_up_front_naming_what_is_missing() {
     assert!(err.to_string().starts_with("a shared fixture is not available"), "{err}");
     assert!(err.to_string().contains("run on Linux"), "{err}");
 }
+
+#[test]
+fn a_forgotten_guard_fails_its_scope_and_its_group_is_ended_by_its_leader() {
+    let scope = reapkit::TestScope::enter();
+    let (guard, members) = shell_guard("sleep 300 & echo $!; exec sleep 300", 1);
+    let leader = guard.pid();
+    std::mem::forget(guard);
+    let report = scope.finish().expect_err("the guard was forgotten");
+    let text = report.to_string();
+    assert_eq!(report.leaks.len(), 1, "one finding, the guard:\n{text}");
+    assert!(report.leaks[0].what.contains("was never dropped"), "{text}");
+    assert!(report.leaks[0].action.contains(&format!("its process tree was torn down (pid {leader})")), "{text}");
+    assert!(state(leader).is_none(), "the leader, our child, is reaped");
+    wait_until("its group's member is gone", || (!running(members[0])).then_some(()));
+}

@@ -103,12 +103,12 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["test", "--package", "reapkit-tests"])
         .args(["--test", "leak_detection", "--test", "fd_leak_suite", "--test", "budgets"])
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
-    // The portable backend (what macOS and the BSDs get): its own tests and the fault matrix,
-    // with reapkit built that way — last, as the suite's helper binaries are rebuilt with it —
-    // and not under `reapkit wrap` (see .config/nextest-portable.toml).
+    // The portable backend (what macOS and the BSDs get): its own tests, the fault matrix and
+    // the FD-leak suite, with reapkit built that way — last, as the suite's helper binaries are
+    // rebuilt with it — and not under `reapkit wrap` (see .config/nextest-portable.toml).
     run(cargo()
         .args(["nextest", "run", "--config-file", ".config/nextest-portable.toml", "--package", "reapkit-tests"])
-        .args(["--features", "portable", "--test", "portable", "--test", "fault_matrix"])
+        .args(["--features", "portable", "--test", "portable", "--test", "fault_matrix", "--test", "fd_leak_suite"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
     // The CI step, as users run it: everything the suite leaked is reaped and fails the run.

@@ -612,6 +612,27 @@ pub(crate) fn end_cgroup(cg: &GuardCgroup, grace: Duration) -> Result<(), String
     cg.remove().map_err(|e| format!("could not remove {}: {e}", cg.dir().display()))
 }
 
+/// Ends the process group that `pid`, an unexited child of ours, leads: a guard that was never
+/// dropped, on the portable backend, where no sweep can find its tree. SIGTERM to the group,
+/// `grace`, SIGKILL, a bounded wait; SIGKILL again for what outlived the leader; then the
+/// leader is reaped. Untouched (`false`) unless `waitid` says `pid` is our child still running:
+/// only then does its pid, the group's id, name no one else's group.
+pub(crate) fn end_own_group(pid: i32, grace: Duration) -> bool {
+    if !matches!(os::child_state(pid), os::ChildState::Running) {
+        return false;
+    }
+    let Some(leader) = ProcId::of(pid).and_then(Member::open) else { return false };
+    let group = nix::unistd::Pid::from_raw(pid);
+    for (sig, wait) in [(Signal::SIGTERM, grace), (Signal::SIGKILL, KILL_WAIT)] {
+        let _ = nix::sys::signal::killpg(group, sig);
+        if os::wait_readable(leader.handle.fd(), os::deadline_in(wait)) {
+            break;
+        }
+    }
+    let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    leader.handle.reap()
+}
+
 /// Passes `sig` on to a supervised command (a supervisor's SIGTERM or SIGHUP).
 pub(crate) fn forward(member: &Member, sig: Signal) {
     let _ = member.handle.signal(sig as i32);

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use nix::sys::signal::Signal;
 
-use super::Backend;
+use super::{child_state, Backend, ChildState};
 
 pub(crate) const BACKEND: Backend = Backend::Portable;
 
@@ -47,31 +47,6 @@ struct Waiter {
     thread: JoinHandle<()>,
     /// Its end of the socket pair, closed when the thread ends.
     write_fd: RawFd,
-}
-
-/// The child's state as `waitid(WNOWAIT)` sees it, without reaping it.
-enum ChildState {
-    Running,
-    Exited,
-    NotOurs,
-}
-
-fn child_state(pid: i32) -> ChildState {
-    // SAFETY: siginfo_t is plain data; waitid fills it for our own child and never reaps here.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a siginfo_t we own.
-    let rc = unsafe {
-        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
-    };
-    if rc != 0 {
-        return ChildState::NotOurs;
-    }
-    // SAFETY: si_pid is valid to read after a successful waitid.
-    if unsafe { info.si_pid() } == 0 {
-        ChildState::Running
-    } else {
-        ChildState::Exited
-    }
 }
 
 impl Handle {

@@ -1,5 +1,6 @@
-//! Waits with deadlines: one `poll` over descriptors (a process handle, a pipe, a wake-up,
-//! `cgroup.events`), with exact EINTR and timeout semantics. POSIX only: both backends share it.
+//! Waits with deadlines — one `poll` over descriptors (a process handle, a pipe, a wake-up,
+//! `cgroup.events`), with exact EINTR and timeout semantics — and whether a pid is our child.
+//! POSIX only: both backends share it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -94,4 +95,29 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The child's state as `waitid(WNOWAIT)` sees it, without reaping it.
+pub(crate) enum ChildState {
+    Running,
+    Exited,
+    NotOurs,
+}
+
+pub(crate) fn child_state(pid: i32) -> ChildState {
+    // SAFETY: siginfo_t is plain data; waitid fills it for our own child and never reaps here.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a siginfo_t we own.
+    let rc = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    if rc != 0 {
+        return ChildState::NotOurs;
+    }
+    // SAFETY: si_pid is valid to read after a successful waitid.
+    if unsafe { info.si_pid() } == 0 {
+        ChildState::Running
+    } else {
+        ChildState::Exited
+    }
 }

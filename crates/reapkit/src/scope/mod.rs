@@ -369,6 +369,9 @@ impl TestScope {
                  `scope.handle().enter()`"
             ));
         }
+        if !crate::os::PROC_TABLE {
+            self.end_undropped_groups(&undropped, &mut report);
+        }
         fold_undropped(&mut report, &undropped);
         apply_acceptance(&mut report, &self.allow, &baseline, &checked);
         if !self.isolation.is_exact() {
@@ -449,6 +452,17 @@ impl TestScope {
                         report.notes.push(note);
                     }
                 }
+            }
+        }
+    }
+
+    /// The portable backend's sweep finds no process: the groups of guards the test never
+    /// dropped are ended here instead, by their leaders, our unreaped children.
+    fn end_undropped_groups(&self, undropped: &[registry::LiveGuard], report: &mut LeakReport) {
+        let grace = self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE);
+        for guard in undropped {
+            if let Some(pid) = guard.child.filter(|&pid| teardown::end_own_group(pid, grace)) {
+                report.leaks.push(ScopeLeak::group_ended(&guard.id, pid, &guard.what));
             }
         }
     }

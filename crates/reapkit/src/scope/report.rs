@@ -120,6 +120,21 @@ impl ScopeLeak {
         }
     }
 
+    /// The process group of a guard that was never dropped, ended by the scope (the portable
+    /// backend): folded under the guard.
+    pub(super) fn group_ended(guard: &str, pid: i32, command: &str) -> ScopeLeak {
+        ScopeLeak {
+            kind: LeakKind::Process,
+            what: format!("pid {pid} `{command}` and its process group"),
+            action: "killed".into(),
+            fix: String::new(),
+            names: process_names(command),
+            origin: Origin::Guard(guard.to_owned()),
+            ident: Some(pid.to_string()),
+            listening: None,
+        }
+    }
+
     /// A guard of the test that was still alive when the test ended, with the leaks it caused
     /// (`ended`: its processes and containers, which the sweep ended; its descriptors).
     pub(super) fn undropped(guard: &registry::LiveGuard, ended: &[ScopeLeak]) -> ScopeLeak {
