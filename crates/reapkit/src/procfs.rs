@@ -1,7 +1,7 @@
 //! Targeted `/proc` reads with reused buffers.
 //!
 //! On the portable backend (`crate::os`) there is no process table to read: every reader here
-//! answers as on a machine without `/proc` ([`path`] says `Unsupported`), except the start
+//! answers as on a machine without `/proc` (`path()` says `Unsupported`), except the start
 //! times and boot clock, which come from the OS's own calls.
 //!
 //! Why not `sysinfo`: a full `sysinfo` refresh costs 17–38 ms on a 2-core machine because it
