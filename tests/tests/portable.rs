@@ -14,7 +14,6 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use reapkit::capabilities::{Concern, Guarantee};
 use reapkit::sweep::{DockerCheck, Scope, Sweep, EXIT_UNCHECKED};
@@ -152,35 +151,6 @@ fn threads_named(prefix: &str) -> usize {
         .flatten()
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
         .count()
-}
-
-#[test]
-fn a_hundred_server_cycles_and_a_hundred_failed_starts_leave_the_fd_table_flat() {
-    reapkit_tests::before_fd_baseline();
-    let before = fd_count();
-    for _ in 0..100 {
-        let mut server = reapkit::McpServer::start(fixture(&[])).expect("the handshake");
-        server.ping().expect("ping");
-        assert!(server.shutdown().is_clean());
-    }
-    let start = |cmd: Command| {
-        ProcessGuard::builder(cmd)
-            .eof_grace(Duration::ZERO)
-            .term_grace(Duration::from_millis(500))
-            .mcp()
-            .startup_timeout(Duration::from_millis(50))
-            .start()
-    };
-    for round in 0..100 {
-        let kind = ["--crash-at-start", "--garbage", "--delay-ms"][round % 3];
-        let args: &[&str] = if kind == "--delay-ms" { &[kind, "5000"] } else { &[kind] };
-        match start(fixture(args)) {
-            Err(reapkit::Error::Startup { .. }) => {}
-            other => panic!("{kind}: expected a clear start error, got {other:?}"),
-        }
-    }
-    assert_eq!(fd_count(), before, "no descriptor left by 200 guards");
-    assert_eq!(threads_named("reapkit-wait"), 0, "every waiter thread joined");
 }
 
 #[test]

@@ -181,9 +181,6 @@ fn indent(text: &str) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Reports a problem where the user will see it: through `tracing` when a subscriber is
-/// installed, else on stderr (which the test harness shows for failed tests). For what `Drop`
-/// and background work cannot return.
 /// What to do when the OS lacks something: where each backend's limits are written down.
 fn unsupported_hint() -> &'static str {
     if crate::os::PROC_TABLE {
@@ -194,6 +191,9 @@ fn unsupported_hint() -> &'static str {
     }
 }
 
+/// Reports a problem where the user will see it: through `tracing` when a subscriber is
+/// installed, else on stderr (which the test harness shows for failed tests). For what `Drop`
+/// and background work cannot return.
 pub(crate) fn warn(message: &str) {
     if tracing::dispatcher::has_been_set() {
         tracing::warn!("{message}");

@@ -366,7 +366,7 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
             let found = discover_marker_tree(tree);
             // The group the leader made at spawn: its id stays reserved while the leader is
             // unreaped, so it names no one else's. Members that left it are signalled one by one.
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(tree.leader.id.pid), sig);
+            signal_group(tree.leader.id.pid, sig);
             found
         }
     };
@@ -439,7 +439,7 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
     // for: whatever is still in the group outlived its leader, and gets SIGKILL while the
     // leader is unreaped (its pid, the group's id, names no one else's group).
     if !os::PROC_TABLE && matches!(tree.holder, Holder::Marker { .. }) && tree.leader.has_exited() {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(tree.leader.id.pid), Signal::SIGKILL);
+        signal_group(tree.leader.id.pid, Signal::SIGKILL);
     }
 
     // 5. Zombies, and the child's status.
@@ -622,15 +622,20 @@ pub(crate) fn end_own_group(pid: i32, grace: Duration) -> bool {
         return false;
     }
     let Some(leader) = ProcId::of(pid).and_then(Member::open) else { return false };
-    let group = nix::unistd::Pid::from_raw(pid);
     for (sig, wait) in [(Signal::SIGTERM, grace), (Signal::SIGKILL, KILL_WAIT)] {
-        let _ = nix::sys::signal::killpg(group, sig);
+        signal_group(pid, sig);
         if os::wait_readable(leader.handle.fd(), os::deadline_in(wait)) {
             break;
         }
     }
-    let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    signal_group(pid, Signal::SIGKILL);
     leader.handle.reap()
+}
+
+/// `killpg` on the group `leader` made at spawn. Every caller holds the leader unreaped: then its
+/// pid, the group's id, cannot name anyone else's group.
+fn signal_group(leader: i32, sig: Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(leader), sig);
 }
 
 /// Passes `sig` on to a supervised command (a supervisor's SIGTERM or SIGHUP).

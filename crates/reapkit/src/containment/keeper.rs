@@ -20,7 +20,6 @@
 
 use std::ffi::CString;
 use std::io;
-
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
@@ -155,7 +154,8 @@ fn keep(owner: &str) -> i32 {
     }
     let me = std::process::id() as i32;
     let Some(server) = procfs::children(me).into_iter().next() else { return 127 };
-    let Ok(sigchld) = child_signals() else { return 127 };
+    // SIGCHLD as readable data, so that the wait below is one `poll`.
+    let Ok(sigchld) = os::Signals::catch(&[nix::sys::signal::Signal::SIGCHLD]) else { return 127 };
     // Gone already (`None`) if it died while this keeper was still starting: then the tree is
     // ended at once, before any wait (the SIGCHLDs of that time are lost: nothing was blocking
     // them yet, so a wait for one could last forever).
@@ -177,11 +177,6 @@ fn keep(owner: &str) -> i32 {
         os::wait_any_readable(&fds, os::deadline_in(Duration::from_secs(3600)));
         sigchld.drain();
     }
-}
-
-/// SIGCHLD as readable data, so that the wait below is one `poll`.
-fn child_signals() -> io::Result<os::Signals> {
-    os::Signals::catch(&[nix::sys::signal::Signal::SIGCHLD])
 }
 
 /// Reaps every exited child but the server (which stays a zombie, the guard's handle).

@@ -418,18 +418,6 @@ pub(crate) fn pidns_of(_pid: &str) -> Option<u64> {
 /// The PID namespace inode this backend reports: none.
 pub(crate) const NO_PIDNS: u64 = 0;
 
-/// `kill(pid, 0)`: the pid exists (EPERM: it does, as another user's).
-#[allow(dead_code)] // used by the targets without a start time of their own
-fn exists(pid: i32) -> bool {
-    matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM))
-}
-
-/// A boot id from the boot time, for systems that only give that.
-#[allow(dead_code)] // used by the BSDs
-fn boot_id_from_time(sec: u64, usec: u64) -> String {
-    format!("{:08x}-{:04x}-0000-0000-{:012x}", (sec >> 16) & 0xffff_ffff, sec & 0xffff, usec & 0xffff_ffff_ffff)
-}
-
 #[cfg(target_os = "macos")]
 mod facts {
     pub(super) fn start_time(pid: i32) -> Option<u64> {
@@ -493,7 +481,11 @@ mod facts {
                 0,
             )
         };
-        (rc == 0).then(|| super::boot_id_from_time(tv.tv_sec as u64, tv.tv_usec as u64))
+        // In the form of Linux's boot id, from the boot time, which is all FreeBSD gives.
+        let (sec, usec) = (tv.tv_sec as u64, tv.tv_usec as u64);
+        (rc == 0).then(|| {
+            format!("{:08x}-{:04x}-0000-0000-{:012x}", (sec >> 16) & 0xffff_ffff, sec & 0xffff, usec & 0xffff_ffff_ffff)
+        })
     }
 }
 
@@ -522,8 +514,10 @@ mod facts {
 /// spawn says why).
 #[cfg(not(any(target_os = "macos", target_os = "freebsd", target_os = "linux")))]
 mod facts {
+    /// `kill(pid, 0)`: the pid exists (EPERM: it does, as another user's).
     pub(super) fn start_time(pid: i32) -> Option<u64> {
-        super::exists(pid).then_some(0)
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+        matches!(alive, Ok(()) | Err(nix::errno::Errno::EPERM)).then_some(0)
     }
 
     pub(super) fn boot_id() -> Option<String> {

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{peer_of, Fixture, FixtureInfo, Paths, Spec, ENV_SHARED, ENV_SHARED_SPEC, MAX_SPEC_BYTES};
+use super::{Fixture, FixtureInfo, Paths, Spec, ENV_SHARED, ENV_SHARED_SPEC, MAX_SPEC_BYTES};
 use crate::identity::OwnerId;
 use crate::member::Member;
 use crate::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER};
@@ -346,7 +346,7 @@ impl Keeper<'_> {
 
     /// A new lease: another user's connection is refused; ours gets the description.
     fn admit(&mut self, conn: UnixStream) {
-        let who = match peer_of(&conn) {
+        let who = match os::peer_of(conn.as_fd()) {
             Ok(peer) if peer.uid == crate::procfs::my_uid() => ProcId::of(peer.pid),
             Ok(peer) => return log(&format!("refused a connection of uid {}", peer.uid)),
             Err(e) => return log(&format!("refused a connection whose peer is unknown: {e}")),

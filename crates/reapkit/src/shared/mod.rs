@@ -354,7 +354,7 @@ impl Paths {
             Err(e) => return Err(Error::io(&format!("connecting to {}", self.sock.display()), e)),
         };
         let fail = |why: String| self.failed(spec, &why);
-        let peer = peer_of(&conn).map_err(|e| fail(format!("its socket's peer cannot be read: {e}")))?;
+        let peer = os::peer_of(conn.as_fd()).map_err(|e| fail(format!("its socket's peer cannot be read: {e}")))?;
         if peer.uid != crate::procfs::my_uid() {
             return Err(fail(format!(
                 "{} is served by uid {}, not us: not reapkit's keeper. Remove the file",
@@ -531,9 +531,6 @@ pub fn clear_stale(dir: &Path, keep_logs: Duration) {
     }
 }
 
-pub(crate) fn peer_of(conn: &impl AsFd) -> std::io::Result<crate::os::Peer> {
-    crate::os::peer_of(conn.as_fd())
-}
 
 /// What a test attached to a shared fixture can reach it by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
