@@ -272,6 +272,7 @@ fn what_needs_a_process_table_is_refused_up_front_naming_what_is_missing() {
 
 #[test]
 fn a_forgotten_guard_fails_its_scope_and_its_group_is_ended_by_its_leader() {
+    let mut decoy = Command::new("sleep").arg("300").process_group(0).spawn().expect("the decoy");
     let scope = reapkit::TestScope::enter();
     let (guard, members) = shell_guard("sleep 300 & echo $!; exec sleep 300", 1);
     let leader = guard.pid();
@@ -283,4 +284,7 @@ fn a_forgotten_guard_fails_its_scope_and_its_group_is_ended_by_its_leader() {
     assert!(report.leaks[0].action.contains(&format!("its process tree was torn down (pid {leader})")), "{text}");
     assert!(state(leader).is_none(), "the leader, our child, is reaped");
     wait_until("its group's member is gone", || (!running(members[0])).then_some(()));
+    assert!(decoy.try_wait().expect("our child").is_none(), "a child of ours in a group of its own was touched");
+    decoy.kill().expect("our decoy");
+    decoy.wait().expect("reaped");
 }
