@@ -324,15 +324,9 @@ fn stats_line(out: &mut Out, report: &Report, what: &str) {
 /// is done) and to make the exit code "unchecked".
 fn write_report(file: Option<&std::path::Path>, report: &Report) -> Vec<String> {
     let Some(path) = file else { return Vec::new() };
-    // Temp + rename: a reader (or a sweep killed half way) never sees half a report.
-    let tmp = path.with_extension("json.tmp");
-    let written = std::fs::write(&tmp, report.to_json()).and_then(|()| std::fs::rename(&tmp, path));
-    match written {
+    match report.write_file(path) {
         Ok(()) => Vec::new(),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            vec![format!("could not write the report to {}: {e}", evidence(&path.display().to_string()))]
-        }
+        Err(e) => vec![format!("could not write the report to {}: {e}", evidence(&path.display().to_string()))],
     }
 }
 

@@ -10,7 +10,6 @@
 //! [`MAX_RECORD_BYTES`] long, and its ids are checked before they name a file or reach a
 //! terminal. The owner it names is an [`OwnerId`]: a process on one boot, in one PID namespace.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -137,14 +136,8 @@ impl Entry {
         let ledger_err = |source| Error::Ledger { dir: dir.to_path_buf(), source };
         record.validate(None).map_err(|e| ledger_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let path = dir.join(format!("{}.json", record.guard));
-        let tmp = dir.join(format!(".{}.json.tmp", record.guard));
         let body = serde_json::to_vec(record).map_err(|e| ledger_err(e.into()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(ledger_err)?;
-        f.write_all(&body).map_err(ledger_err)?;
-        std::fs::rename(&tmp, &path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            ledger_err(e)
-        })?;
+        crate::safe_fs::write_atomic(&path, &body).map_err(ledger_err)?;
         Ok(Entry { path })
     }
 
@@ -214,7 +207,7 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
         if !is_record {
             continue;
         }
-        match read_record(&path, uid) {
+        match read_record(&path) {
             Ok(record) => contents.records.push((path, record)),
             // Removed between the listing and the read: a guard's clean teardown, not a problem.
             Err(_) if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {}
@@ -227,48 +220,12 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
 
 /// Reads one record as hostile input: a regular file of ours (no FIFO, device or symlink; opened
 /// non-blocking, so that even a FIFO swapped in after the check cannot block), bounded in size.
-fn read_record(path: &Path, uid: u32) -> Result<Record, String> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => "it is a symlink (records are regular files)".to_owned(),
-            _ => crate::error::fd_limit_hint(&e).map_or_else(|| e.to_string(), |hint| format!("{e}. {hint}")),
-        })?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.file_type().is_file() {
-        return Err(format!("it is not a regular file ({})", file_kind(&meta.file_type())));
-    }
-    if meta.uid() != uid {
-        return Err(format!("written by uid {}, not by you", meta.uid()));
-    }
-    if meta.len() > MAX_RECORD_BYTES {
-        return Err(format!("it is {} bytes long; a record is at most {MAX_RECORD_BYTES}", meta.len()));
-    }
-    let mut body = Vec::with_capacity(meta.len() as usize);
-    // The size may change after the check: never read more than the cap.
-    file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut body).map_err(|e| e.to_string())?;
-    if body.len() as u64 > MAX_RECORD_BYTES {
-        return Err(format!("it grew past {MAX_RECORD_BYTES} bytes while being read"));
-    }
+fn read_record(path: &Path) -> Result<Record, String> {
+    let body = crate::safe_fs::read_bounded(path, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
     let record: Record = serde_json::from_slice(&body).map_err(|e| format!("not a reapkit record: {e}"))?;
     let stem = path.file_stem().and_then(|s| s.to_str());
     record.validate(stem).map_err(|e| format!("not a valid reapkit record: {e}"))?;
     Ok(record)
-}
-
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    match () {
-        _ if t.is_dir() => "a directory",
-        _ if t.is_fifo() => "a FIFO",
-        _ if t.is_socket() => "a socket",
-        _ if t.is_char_device() || t.is_block_device() => "a device",
-        _ => "not a file",
-    }
 }
 
 /// The ledger directory `chosen`, or by default `REAPKIT_LEDGER_DIR`, else `<target dir>/reapkit`,
@@ -332,7 +289,7 @@ pub fn target_dir() -> Option<PathBuf> {
 fn prepare(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
+    drop(crate::safe_fs::create_fresh(&probe)?);
     std::fs::remove_file(&probe)?;
     index::note(dir);
     Ok(())
@@ -348,8 +305,8 @@ fn prepare(dir: &Path) -> std::io::Result<()> {
 /// everything else read: a regular file of ours, bounded, absolute paths only; directories
 /// that are gone are skipped (and dropped when the file is rewritten).
 pub mod index {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
@@ -384,7 +341,7 @@ pub mod index {
         let appended = file.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
             let mut line = std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec();
             line.push(b'\n');
-            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&file)?.write_all(&line)
+            crate::safe_fs::open_append(&file)?.write_all(&line)
         });
         if appended.is_ok() && std::fs::metadata(&file).is_ok_and(|m| m.len() > MAX_INDEX_BYTES) {
             prune();
@@ -406,17 +363,7 @@ pub mod index {
     /// Every absolute path the file lists, as read: a regular file of ours, at most
     /// `MAX_INDEX_BYTES`, opened without following a symlink or blocking.
     fn listed() -> Vec<PathBuf> {
-        let Ok(file) =
-            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path())
-        else {
-            return Vec::new();
-        };
-        let regular_of_ours =
-            file.metadata().is_ok_and(|m| m.file_type().is_file() && m.uid() == crate::procfs::my_uid());
-        let mut bytes = Vec::new();
-        if !regular_of_ours || file.take(MAX_INDEX_BYTES).read_to_end(&mut bytes).is_err() {
-            return Vec::new();
-        }
+        let Ok(bytes) = crate::safe_fs::read_bounded(&path(), MAX_INDEX_BYTES) else { return Vec::new() };
         bytes
             .split(|&b| b == b'\n')
             .filter(|line| line.first() == Some(&b'/'))
@@ -426,16 +373,12 @@ pub mod index {
 
     /// Rewrites the file with only the directories that still exist (temp + rename).
     fn prune() {
-        let file = path();
-        let tmp = file.with_extension("tmp");
         let mut body = Vec::new();
         for dir in read() {
             body.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()));
             body.push(b'\n');
         }
-        if std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &file)).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = crate::safe_fs::write_atomic(&path(), &body);
     }
 }
 

@@ -140,6 +140,7 @@ unix_only! {
     mod process;
     pub mod procfs;
     mod reexec;
+    mod safe_fs;
     mod registry;
     #[cfg(feature = "rmcp")]
     pub mod rmcp;

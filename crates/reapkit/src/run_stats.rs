@@ -14,8 +14,7 @@
 //! `shared-start` (a keeper started a shared fixture), `shared-reuse` (a test attached to one
 //! already running).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -147,17 +146,9 @@ pub(crate) fn note(event: Event) {
         Event::SharedStarted => format!("v1 shared-start {}\n", owner.id),
         Event::SharedReused => format!("v1 shared-reuse {}\n", owner.id),
     };
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(p)
-    };
-    let file = open(&path).or_else(|_| {
+    let file = crate::safe_fs::open_append(&path).or_else(|_| {
         std::fs::create_dir_all(&dir)?;
-        open(&path)
+        crate::safe_fs::open_append(&path)
     });
     if let Ok(mut file) = file {
         let _ = file.write_all(line.as_bytes());
@@ -209,21 +200,10 @@ fn log_path(dir: &Path, run_id: &str) -> Option<PathBuf> {
     ownership::valid_id(run_id).then(|| dir.join(format!("{run_id}.log")))
 }
 
-/// The log at `path` if it is a regular file of ours: at most [`MAX_LOG_BYTES`] of it.
+/// The log at `path` if it is a regular file of ours of at most [`MAX_LOG_BYTES`].
 fn read_log(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.uid() != crate::procfs::my_uid() {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(MAX_LOG_BYTES).read_to_string(&mut text).ok()?;
-    Some(text)
+    let bytes = crate::safe_fs::read_bounded(path, MAX_LOG_BYTES).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// One line: its event and the owner id it names (checked).

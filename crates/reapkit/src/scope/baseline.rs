@@ -19,6 +19,8 @@ use super::report::LeakKind;
 pub const BASELINE_FILE: &str = "reapkit-leaks.txt";
 /// Overrides the baseline file's path.
 pub const ENV_BASELINE: &str = "REAPKIT_BASELINE";
+/// A baseline larger than this is not read (a list of accepted leaks is a few lines).
+const MAX_BASELINE_BYTES: u64 = 1 << 20;
 
 /// `<kind>:<glob>`: a name of leaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +92,8 @@ impl Baseline {
                 None => return Ok(Baseline::default()),
             },
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let text = match crate::safe_fs::read_project_file(&path, MAX_BASELINE_BYTES) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Baseline { path, entries: Vec::new() }),
             Err(e) => return Err(format!("the leak baseline {} cannot be read: {e}", path.display())),
         };

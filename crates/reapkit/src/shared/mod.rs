@@ -29,7 +29,7 @@ mod keeper;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -326,14 +326,8 @@ impl Paths {
     /// Holds the start lock (released when the file closes, or the process dies). Waits for a
     /// start in progress, which its own deadline bounds.
     fn lock(&self) -> Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.lock)
-            .map_err(|e| Error::io(&format!("opening {}", self.lock.display()), e))?;
+        let file = crate::safe_fs::open_lock(&self.lock)
+            .map_err(|e| Error::io(&format!("opening {} (delete it if it is not reapkit's)", self.lock.display()), e))?;
         loop {
             // SAFETY: flock on a valid fd we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -387,14 +381,8 @@ impl Paths {
     /// Starts the keeper and waits for it to say its fixture is ready; returns its pid.
     fn start_keeper(&self, spec: &Spec, run_owner: Option<&OwnerId>) -> Result<i32> {
         let json = serde_json::to_string(spec).map_err(|e| Error::io("describing a shared fixture", e.into()))?;
-        let log = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.log)
-            .map_err(|e| Error::io(&format!("creating {}", self.log.display()), e))?;
+        let log = crate::safe_fs::create_fresh(&self.log)
+            .map_err(|e| Error::io(&format!("creating {} (delete it if it is not reapkit's)", self.log.display()), e))?;
         let mut cmd = Command::new(crate::os::self_exe());
         cmd.arg0("reapkit-shared").arg(keeper::KEEPER_ARG);
         // reapkit's markers are the keeper's own, never the asking test's; of its settings,
@@ -435,11 +423,7 @@ impl Paths {
 /// The last 2 KiB of a keeper's log, each line made safe to print and indented.
 fn log_tail(path: &Path) -> String {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut file) =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
-    else {
-        return String::new();
-    };
+    let Ok(mut file) = crate::safe_fs::open_read(path) else { return String::new() };
     let len = file.metadata().map_or(0, |m| m.len());
     let mut tail = Vec::new();
     if file.seek(SeekFrom::Start(len.saturating_sub(2048))).is_err() || file.take(2048).read_to_end(&mut tail).is_err()
@@ -512,9 +496,8 @@ pub fn clear_stale(dir: &Path, keep_logs: Duration) {
         };
         let paths = Paths::at(dir, key);
         let served = UnixStream::connect(&paths.sock).is_ok();
-        let Ok(lock) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&paths.lock) else {
-            continue;
-        };
+        // Never blocks: a FIFO planted as a lock is not opened as one.
+        let Ok(lock) = crate::safe_fs::open_read(&paths.lock) else { continue };
         // SAFETY: flock on a valid fd we own; released when `lock` closes.
         let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         if served || !free {

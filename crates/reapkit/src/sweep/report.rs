@@ -202,6 +202,13 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
+    /// Writes the JSON report to `path` atomically (a fresh file beside it, then a rename): a
+    /// reader, or a sweep killed half way, never sees half a report, and a FIFO or symlink
+    /// planted at either name is replaced, never written through.
+    pub fn write_file(&self, path: &std::path::Path) -> io::Result<()> {
+        crate::safe_fs::write_atomic(path, self.to_json().as_bytes())
+    }
+
     /// GitHub Actions workflow commands: one `::error` per leak and per unchecked part.
     pub fn write_github_annotations(&self, out: &mut impl Write) -> io::Result<()> {
         for leak in &self.leaks {
