@@ -6,12 +6,14 @@
 //! directory of its own (`--ledger-dir`). Everything a test starts through [`Spawned`] is
 //! killed (by pid) and reaped when the guard drops, whether the test passed or not.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reapkit::ledger::{Entry, Record, Resource};
+use reapkit::procfs::MarkerScan;
 use reapkit::ProcId;
 use serde_json::Value;
 
@@ -84,6 +86,7 @@ impl Sandbox {
                 cwd: None,
                 contained: None,
             },
+            supervisor: None,
             reaped: None,
         }
     }
@@ -304,4 +307,79 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub fn assert_root() {
     // SAFETY: getuid has no preconditions and cannot fail.
     assert_eq!(reapkit::procfs::my_uid(), 0, "this test runs as root (the suite does), to act as another user");
+}
+
+/// A test binary of this suite that holds guards (`src/bin/leaky-owner.rs`).
+pub fn leaky_owner() -> PathBuf {
+    Path::new(reapkit_cli().get_program()).with_file_name("leaky-owner")
+}
+
+/// Exited: gone from `/proc`, or a zombie (dead; its parent has not reaped it yet).
+pub fn exited(id: &ProcId) -> bool {
+    !id.is_alive() || is_zombie(id.pid)
+}
+
+/// A process started with piped stdin and stdout, ended (with its process group's help where
+/// asked) when dropped: for commands that print a `ready` line and wait on their stdin.
+pub struct Piped {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    /// The words of its `ready` line after `ready`.
+    pub ready: Vec<String>,
+}
+
+impl Piped {
+    /// Starts `cmd` and reads its first line that starts with `ready `, split in words. This
+    /// process becomes a subreaper: what is orphaned below it comes here, to be reaped on drop.
+    pub fn start(mut cmd: Command) -> Piped {
+        reapkit::ownership::become_subreaper();
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
+        let stdin = child.stdin.take();
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).expect("reads");
+            assert!(n > 0, "it ended before saying it was ready");
+            if line.starts_with("ready ") {
+                break;
+            }
+        }
+        let ready = line.split_whitespace().skip(1).map(str::to_owned).collect();
+        // Its later output goes nowhere; a thread keeps the pipe drained.
+        std::thread::spawn(move || drop(std::io::copy(&mut out, &mut std::io::sink())));
+        Piped { child, stdin, ready }
+    }
+
+    /// Closes its stdin: the leaky owner then ends (or, with `--forget-on-eof`, dies holding
+    /// its guards).
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+}
+
+impl Drop for Piped {
+    fn drop(&mut self) {
+        // Ours, by pid: `unshare --kill-child` takes its namespace along. Its processes are
+        // orphaned to us (the subreaper) as they die: waited for and reaped, so that nothing
+        // of this test is still exiting when it ends.
+        let below = reapkit::procfs::descendants(self.child.id() as i32);
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !below.iter().all(exited) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for id in below.iter().filter(|id| is_zombie(id.pid)) {
+            let _ =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// The live processes carrying `REAPKIT_OWNER=<owner>`, as this (host) namespace sees them.
+pub fn owned_by(owner: &str) -> Vec<ProcId> {
+    MarkerScan::new().find(&format!("REAPKIT_OWNER={owner}"))
 }

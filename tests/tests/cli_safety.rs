@@ -101,8 +101,10 @@ fn a_record_naming_a_recycled_pid_does_not_kill_the_innocent_process_now_holding
 
     let swept = sb.reap(&[]);
 
-    swept.assert_code(0);
-    assert!(swept.leaks().is_empty(), "the record is stale, not a leak:\n{swept}");
+    // Its owner died holding the guard: evidence of a leak that had ended, never a kill.
+    swept.assert_code(1);
+    let leak = swept.leak_of(&innocent);
+    assert_eq!(leak["action"], "already-gone", "{swept}");
     innocent.assert_survived("the innocent process that now holds the recorded pid");
     assert!(!record.exists(), "the stale record {} is cleared:\n{swept}", record.display());
 }

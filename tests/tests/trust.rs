@@ -6,91 +6,19 @@
 //! Isolation as in `cli_safety`: every sweep is scoped to a run id and ledger of its own; what
 //! a test starts is ended by pid when it ends.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reapkit::ledger::{Entry, Record, Resource};
-use reapkit::procfs::{MarkerScan, Stat};
+use reapkit::procfs::Stat;
 use reapkit::{OwnerId, ProcId};
-use reapkit_tests::sweep_sandbox::{clean_env, unmarked_sleep, Sandbox, Spawned, Swept};
+use reapkit_tests::sweep_sandbox::{
+    clean_env, exited, leaky_owner, owned_by, unmarked_sleep, Piped, Sandbox, Spawned, Swept,
+};
 use reapkit_tests::{dead_owner, is_zombie, live_owner, reapkit_cli, wait_until};
-
-/// A test binary of this suite that holds guards (`src/bin/leaky-owner.rs`).
-fn leaky_owner() -> PathBuf {
-    Path::new(reapkit_cli().get_program()).with_file_name("leaky-owner")
-}
-
-/// Exited: gone from `/proc`, or a zombie (dead; its parent has not reaped it yet).
-fn exited(id: &ProcId) -> bool {
-    !id.is_alive() || is_zombie(id.pid)
-}
-
-/// A process started with piped stdin and stdout, ended (with its process group's help where
-/// asked) when dropped: for commands that print a `ready` line and wait on their stdin.
-struct Piped {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    ready: Vec<String>,
-}
-
-impl Piped {
-    /// Starts `cmd` and reads its first line that starts with `ready `, split in words. This
-    /// process becomes a subreaper: what is orphaned below it comes here, to be reaped on drop.
-    fn start(mut cmd: Command) -> Piped {
-        reapkit::ownership::become_subreaper();
-        let mut child =
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
-        let stdin = child.stdin.take();
-        let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = out.read_line(&mut line).expect("reads");
-            assert!(n > 0, "it ended before saying it was ready");
-            if line.starts_with("ready ") {
-                break;
-            }
-        }
-        let ready = line.split_whitespace().skip(1).map(str::to_owned).collect();
-        // Its later output goes nowhere; a thread keeps the pipe drained.
-        std::thread::spawn(move || drop(std::io::copy(&mut out, &mut std::io::sink())));
-        Piped { child, stdin, ready }
-    }
-
-    /// Closes its stdin: the leaky owner then ends (or, with `--forget-on-eof`, dies holding
-    /// its guards).
-    fn close_stdin(&mut self) {
-        drop(self.stdin.take());
-    }
-}
-
-impl Drop for Piped {
-    fn drop(&mut self) {
-        // Ours, by pid: `unshare --kill-child` takes its namespace along. Its processes are
-        // orphaned to us (the subreaper) as they die: waited for and reaped, so that nothing
-        // of this test is still exiting when it ends.
-        let below = reapkit::procfs::descendants(self.child.id() as i32);
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && !below.iter().all(exited) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for id in below.iter().filter(|id| is_zombie(id.pid)) {
-            let _ =
-                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        }
-    }
-}
-
-/// The live processes carrying `REAPKIT_OWNER=<owner>`, as this (host) namespace sees them.
-fn owned_by(owner: &str) -> Vec<ProcId> {
-    MarkerScan::new().find(&format!("REAPKIT_OWNER={owner}"))
-}
 
 #[test]
 fn a_host_sweep_leaves_a_live_test_in_another_pid_namespace_alone_and_reaps_it_once_its_owner_is_dead() {

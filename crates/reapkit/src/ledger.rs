@@ -43,6 +43,11 @@ pub struct Record {
     /// What the record is about; serialized flat, with `kind` naming the variant.
     #[serde(flatten)]
     pub resource: Resource,
+    /// The `reapkit run`/`wrap` the owner ran under (`REAPKIT_SUPERVISOR`), if any: a label like
+    /// `reapkit.supervisor`, which lets a supervisor tell its own run's records from another
+    /// job's with the same run id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<OwnerId>,
     /// Set by a watchdog that reaped the resource after its owner died: the record then stays
     /// as evidence until a sweep reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,7 +57,7 @@ pub struct Record {
 /// Who reaped a leaked resource, and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reaped {
-    /// `watchdog`.
+    /// `watchdog`, or `keeper` for a tree whose keeper ended it when the owner died.
     pub by: String,
     /// RFC 3339, UTC.
     pub at: String,
@@ -89,6 +94,7 @@ impl Record {
             test,
             created: now_rfc3339(),
             resource,
+            supervisor: ownership::supervisor(),
             reaped: None,
         }
     }

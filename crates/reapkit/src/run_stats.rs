@@ -50,9 +50,13 @@ pub struct RunStats {
     pub failed_to_start: u64,
     /// Guards torn down by their drop or shutdown.
     pub torn_down: u64,
-    /// Guards created and never torn down (forgotten, in a static, or their test process
-    /// killed): what the watchdog, the scope or the sweep had to end.
+    /// Guards created and never torn down by a test process that is gone (forgotten, in a
+    /// static, or their test process killed): what the watchdog, the scope or the sweep had to
+    /// end. Only what ended counts: the guards of a test process still running are [`live`](Self::live).
     pub leaked: u64,
+    /// Guards of test processes still running, not torn down yet: neither torn down nor leaked.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub live: u64,
     /// Processes other than the guarded one that teardowns had to end: children still running
     /// when their server had gone, and escapees found by the marker.
     pub escapees_ended: u64,
@@ -75,10 +79,13 @@ impl RunStats {
     /// The statistics of run `run_id` in the log directory `dir` ([`dir()`]), of every owner
     /// or, with `owner`, of that test process only. `None` when it logged no guard event.
     pub fn read(dir: &Path, run_id: &str, owner: Option<&OwnerId>) -> Option<RunStats> {
+        use std::collections::BTreeMap;
         let text = read_log(&log_path(dir, run_id)?)?;
         let owner = owner.map(ToString::to_string);
         let mut stats = RunStats::default();
-        let (mut starts, mut ups, mut events) = (0u64, 0u64, 0u64);
+        // Per test process: guards that came up, and those torn down.
+        let mut outstanding: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        let (mut starts, mut events) = (0u64, 0u64);
         for line in text.lines() {
             let Some((event, who)) = parse(line) else {
                 stats.malformed_lines += 1;
@@ -90,19 +97,30 @@ impl RunStats {
             events += 1;
             match event {
                 Event::Start => starts += 1,
-                Event::Up => ups += 1,
+                Event::Up => {
+                    stats.guards_created += 1;
+                    outstanding.entry(who).or_default().0 += 1;
+                }
                 Event::Fail => stats.failed_to_start += 1,
                 Event::End { escapees } => {
                     stats.torn_down += 1;
                     stats.escapees_ended += escapees as u64;
+                    outstanding.entry(who).or_default().1 += 1;
                 }
                 Event::SharedStarted => stats.shared_started += 1,
                 Event::SharedReused => stats.shared_reused += 1,
             }
         }
-        stats.guards_created = ups;
-        stats.failed_to_start += starts.saturating_sub(ups);
-        stats.leaked = ups.saturating_sub(stats.torn_down);
+        stats.failed_to_start += starts.saturating_sub(stats.guards_created);
+        let mut places = crate::identity::Namespaces::new();
+        for (who, (up, ended)) in outstanding {
+            let left = up.saturating_sub(ended);
+            if left > 0 && gone(who, &mut places) {
+                stats.leaked += left;
+            } else {
+                stats.live += left;
+            }
+        }
         (events > 0).then_some(stats)
     }
 
@@ -116,8 +134,12 @@ impl RunStats {
                 format!("; {} started, {reused} reused", plural(started, "shared fixture", "shared fixtures"))
             }
         };
+        let live = match self.live {
+            0 => String::new(),
+            n => format!(", {n} still held by running test processes"),
+        };
         format!(
-            "{}, {} failed to start, {} torn down, {} leaked, {}{shared}",
+            "{}, {} failed to start, {} torn down, {} leaked{live}, {}{shared}",
             plural(self.guards_created, "guard created", "guards created"),
             self.failed_to_start,
             self.torn_down,
@@ -155,10 +177,13 @@ pub(crate) fn note(event: Event) {
     }
 }
 
-/// Removes run `run_id`'s log from `dir` ([`dir()`]): the run is over and reported.
+/// Removes run `run_id`'s log from `dir` ([`dir()`]) once the run is over and reported: unless
+/// a test process that wrote to it still runs (another job that shares the run id).
 pub fn clear(dir: &Path, run_id: &str) {
     if let Some(path) = log_path(dir, run_id) {
-        let _ = std::fs::remove_file(path);
+        if all_owners_gone(&path, &mut crate::identity::Namespaces::new()) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -183,16 +208,20 @@ pub fn clear_ended(dir: &Path, idle: std::time::Duration, max_age: std::time::Du
     }
 }
 
-/// Whether every test process that wrote the log at `path` is provably gone.
+/// Whether every test process that wrote the log at `path` is provably gone (an empty or
+/// unreadable log has none left).
 fn all_owners_gone(path: &Path, places: &mut crate::identity::Namespaces) -> bool {
-    use crate::identity::Whereabouts;
-    let Some(text) = read_log(path) else { return false };
+    let Some(text) = read_log(path) else { return true };
     let mut owners: Vec<&str> = text.lines().filter_map(parse).map(|(_, who)| who).collect();
     owners.sort_unstable();
     owners.dedup();
-    owners.iter().all(|o| {
-        o.parse::<OwnerId>().is_ok_and(|o| matches!(places.owner(&o), Whereabouts::Gone(_) | Whereabouts::OtherBoot))
-    })
+    owners.iter().all(|o| gone(o, places))
+}
+
+/// Whether the test process `owner` (an owner id as the log writes it) is provably gone.
+fn gone(owner: &str, places: &mut crate::identity::Namespaces) -> bool {
+    use crate::identity::Whereabouts;
+    owner.parse::<OwnerId>().is_ok_and(|o| matches!(places.owner(&o), Whereabouts::Gone(_) | Whereabouts::OtherBoot))
 }
 
 /// `<dir>/<run id>.log`, for a run id that may name a file.
@@ -251,22 +280,25 @@ mod tests {
                 guards_created: 2,
                 failed_to_start: 2,
                 torn_down: 1,
-                leaked: 1,
+                leaked: 0,
+                live: 1,
                 escapees_ended: 2,
                 shared_started: 1,
                 shared_reused: 2,
                 malformed_lines: 5
             }
         );
-        assert_eq!(RunStats::read(dir, "r1", None).unwrap().guards_created, 3);
+        // `other` is of another boot: gone, so its guard that never ended leaked; ours still runs.
+        let all = RunStats::read(dir, "r1", None).unwrap();
+        assert_eq!((all.guards_created, all.leaked, all.live), (3, 1, 1));
         assert_eq!(RunStats::read(dir, "r2", None), None);
         let idle = OwnerId::here(reapkit_self_parent());
         assert_eq!(RunStats::read(dir, "r1", Some(&idle)), None, "a test process that made no guard");
         assert_eq!(RunStats::read(dir, "../r1", None), None, "a run id that names another file");
         assert_eq!(
             mine.summary(),
-            "2 guards created, 2 failed to start, 1 torn down, 1 leaked, 2 escapees ended; 1 shared fixture started, \
-             2 reused"
+            "2 guards created, 2 failed to start, 1 torn down, 0 leaked, 1 still held by running test processes, 2 \
+             escapees ended; 1 shared fixture started, 2 reused"
         );
     }
 

@@ -372,6 +372,9 @@ enum Target {
     Docker(docker::Object),
     /// Only evidence is left (a record a watchdog marked as reaped): clear it.
     Evidence(PathBuf),
+    /// A dead owner's record whose process had ended: evidence to keep (a watchdog marks it)
+    /// or, once reported, clear.
+    Ended(Recorded),
     /// An empty reapkit cgroup nobody recorded (it is ended with the other cgroups).
     Cgroup,
 }
@@ -389,6 +392,7 @@ impl Target {
             Target::Process { record, .. } => record.as_ref(),
             #[cfg(feature = "docker")]
             Target::Docker(object) => object.record.as_ref(),
+            Target::Ended(recorded) => Some(recorded),
             Target::Evidence(_) | Target::Cgroup => None,
         }
     }
@@ -553,7 +557,14 @@ impl Findings {
 
     /// Keeps (or creates) the record of something the watchdog reaped, marked as such.
     fn mark_reaped(&self, target: &Target, leak: &Leak) -> Result<(), String> {
-        let reaped = Some(ledger::Reaped { by: "watchdog".into(), at: ledger::now_rfc3339() });
+        let by = match target {
+            Target::Ended((_, Record { resource: Resource::Process { contained, .. }, .. })) => match contained {
+                Some(ledger::Contained::Keeper { .. }) => "keeper",
+                _ => "exit",
+            },
+            _ => "watchdog",
+        };
+        let reaped = Some(ledger::Reaped { by: by.into(), at: ledger::now_rfc3339() });
         let (dir, mut record) = match target.recorded() {
             Some((path, record)) => (path.parent().map(PathBuf::from).unwrap_or_default(), record.clone()),
             None => match target {
@@ -684,7 +695,7 @@ impl Findings {
             owner: Some(&record.owner),
             test: Some(&record.test),
             host: Some(&record.owner_host),
-            supervisor: None,
+            supervisor: record.supervisor.as_ref(),
         };
         let Resource::Process { process, .. } = record.resource else {
             match self.judge.verdict(&claim) {
@@ -737,6 +748,8 @@ impl Findings {
             },
             // Another boot: no process of this one can be it. Evidence of a leak the reboot ended.
             Whereabouts::OtherBoot => self.push_stale_boot(path, &record),
+            // Its owner died holding the guard: a leak, which its keeper (or its own exit) ended.
+            Whereabouts::Gone(_) if owner == OwnerHealth::Dead => self.push_ended(path, record),
             Whereabouts::Gone(_) => self.stale.push(path),
             Whereabouts::Unknown(why) => self.unchecked_record(&path, &why),
         }
@@ -828,6 +841,20 @@ impl Findings {
             self.leaks.push(evidence_leak(record, &self.clock, Action::ReapedByWatchdog));
             self.targets.push(Target::Evidence(path));
         }
+    }
+
+    /// A record of a guard whose owner died holding it, whose process has ended: the evidence of
+    /// a leak that ended before the sweep came (its keeper ends its tree with its owner).
+    fn push_ended(&mut self, path: PathBuf, record: Record) {
+        let mut leak = evidence_leak(&record, &self.clock, Action::AlreadyGone);
+        leak.detail = Some(match &record.resource {
+            Resource::Process { contained: Some(ledger::Contained::Keeper { .. }), .. } => {
+                "its owner died holding the guard; its keeper ended the tree".into()
+            }
+            _ => "its owner died holding the guard; the process had already ended".into(),
+        });
+        self.leaks.push(leak);
+        self.targets.push(Target::Ended((path, record)));
     }
 
     /// A process record of an earlier boot of this host: reported once, then cleared.
@@ -965,6 +992,7 @@ fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Rec
             cwd: leak.cwd.as_ref().map(PathBuf::from),
             contained: None,
         },
+        supervisor: markers.supervisor.clone(),
         reaped: None,
     }
 }
@@ -1028,7 +1056,11 @@ fn evidence_leak(record: &Record, clock: &BootClock, action: Action) -> Leak {
         fds: None,
         threads: None,
         exe: None,
-        detail: reaped.map(|r| format!("its owner died; the {} reaped it at {}", r.by, r.at)),
+        detail: reaped.map(|r| match r.by.as_str() {
+            "keeper" => format!("its owner died holding the guard; its keeper ended the tree (noted at {})", r.at),
+            "exit" => format!("its owner died holding the guard; it had already exited (noted at {})", r.at),
+            by => format!("its owner died; the {by} reaped it at {}", r.at),
+        }),
         listening: Vec::new(),
     }
 }
