@@ -167,7 +167,7 @@ fn a_run_id_collision_keeps_the_other_jobs_run_log_and_counts_its_live_guards_as
         run
     };
     // Job A: alive, holding one guard.
-    let mut a = Piped::start(job(&[], &mut Command::new(leaky_owner()).args(["--sleep", "3600"])));
+    let mut a = Piped::start(job(&[], Command::new(leaky_owner()).args(["--sleep", "3600"])));
     let log = state.path().join(format!("reapkit/runs/{}.log", sb.run_id));
     assert!(log.exists(), "job A logs its guard");
 
