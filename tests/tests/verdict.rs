@@ -6,14 +6,17 @@
 //! Isolation as in `trust`: every sweep is scoped to a run id and ledger of its own; what a
 //! test starts is ended by pid when it ends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use reapkit::ledger::{Contained, Entry, Resource};
 use reapkit::procfs::{MarkerScan, ProcId};
 use reapkit::Shared;
-use reapkit_tests::sweep_sandbox::{clean_env, exited, leaky_owner, Piped, Sandbox, Swept};
-use reapkit_tests::{reapkit_cli, wait_exit, wait_until};
+use reapkit_tests::sweep_sandbox::{
+    assert_root, clean_env, exited, leaky_owner, unmarked_sleep, Piped, Sandbox, Spawned, Swept, NOBODY,
+};
+use reapkit_tests::{dead_owner, reapkit_cli, wait_exit, wait_until};
 
 /// Runs `cmd` to its end, or kills it after `limit` and panics saying it hung.
 fn within(limit: Duration, cmd: Command) -> Swept {
@@ -182,4 +185,143 @@ fn a_run_id_collision_keeps_the_other_jobs_run_log_and_counts_its_live_guards_as
     a.close_stdin();
     assert!(a.child.wait().expect("job A ends").success(), "job A ends clean");
     assert!(!log.exists(), "job A's own run clears its log once reported");
+}
+
+// ---------------------------------------------------------------- 1. no stranger killed
+
+/// A root and a `nobody` sleeper with no reapkit marker: the strangers a cgroup must not
+/// make reapkit kill.
+fn strangers() -> [Spawned; 2] {
+    assert_root();
+    let mut nobody = Command::new("setpriv");
+    nobody.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "3600"]);
+    clean_env(&mut nobody);
+    let nobody = Spawned::start(nobody);
+    wait_until("the stranger runs as nobody", || {
+        (reapkit::procfs::owner_uid(nobody.id.pid).ok() == Some(NOBODY)).then_some(())
+    });
+    [Spawned::start(unmarked_sleep()), nobody]
+}
+
+/// A cgroup this test made (beside a guard's, under the cgroup2 mount), removed when dropped —
+/// after the processes in it, declared after it, are gone.
+struct MadeCgroup(PathBuf);
+
+impl MadeCgroup {
+    fn new(dir: PathBuf) -> MadeCgroup {
+        std::fs::create_dir(&dir).expect("a cgroup of our own (the suite runs as root)");
+        MadeCgroup(dir)
+    }
+
+    fn holding(self, processes: &[Spawned]) -> MadeCgroup {
+        for p in processes {
+            std::fs::write(self.0.join("cgroup.procs"), p.id.pid.to_string()).expect("moved in");
+        }
+        self
+    }
+}
+
+impl Drop for MadeCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The cgroup the one process record of `ledger` names (the guard's own).
+fn guard_cgroup(ledger: &Path) -> PathBuf {
+    let record =
+        std::fs::read_dir(ledger).expect("ledger").flatten().find(|e| e.path().extension() == Some("json".as_ref()));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.expect("a record").path()).expect("read")).expect("JSON");
+    PathBuf::from(json["contained"]["cgroup"].as_str().expect("cgroup containment (the suite runs as root)"))
+}
+
+#[test]
+fn a_cgroup_named_like_a_dead_owners_guard_is_not_ended_by_its_watchdog() {
+    let sb = Sandbox::new("verdict", "named_cgroup");
+    let mut owner = Piped::start(leaky(&sb, &["--sleep", "3600", "--containment", "cgroup"]));
+    let guarded = pids(&owner.ready[2])[0];
+    let real = guard_cgroup(&sb.ledger);
+    // Named as the owner's next guard would be, beside its real one.
+    let name = real.file_name().expect("a name").to_string_lossy().rsplit_once('-').expect("g…-<n>").0.to_owned();
+    let fake = MadeCgroup::new(real.with_file_name(format!("{name}-99")));
+    let mut inside = strangers();
+    let fake = fake.holding(&inside);
+    let watchdog = watchdog_of(&owner.ready[0]);
+
+    owner.child.kill().expect("SIGKILL our own child");
+    owner.child.wait().expect("reaped");
+    wait_exit(watchdog, "the watchdog");
+    assert!(exited(&guarded), "the owner's real guard was ended by its watchdog");
+    for p in &mut inside {
+        p.assert_survived("a stranger in a cgroup that only has the name of the dead owner's guard");
+    }
+    drop(inside);
+    drop(fake);
+}
+
+#[test]
+fn a_record_naming_a_cgroup_without_a_marked_member_kills_nothing_and_is_kept() {
+    let sb = Sandbox::new("verdict", "forged_cgroup_record");
+    let owner = dead_owner();
+    let mount = reapkit::containment::cgroup2_mount().expect("a cgroup2 mount");
+    let guard = format!("g1-1-1-{}", std::process::id());
+    let made = MadeCgroup::new(mount.join(format!("reapkit-{guard}")));
+    let mut inside = strangers();
+    let made = made.holding(&inside);
+    // The forger knows everything a record says, the cgroup's id included.
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&made.0).expect("its id"));
+    let mut record = sb.record_of(&guard, &owner, inside[0].id);
+    if let Resource::Process { contained, .. } = &mut record.resource {
+        *contained = Some(Contained::Cgroup { cgroup: made.0.clone(), id: Some(id) });
+    }
+    let path = Entry::write(&sb.ledger, &record).expect("written").path().to_path_buf();
+
+    let swept = sb.reap(&[]);
+    swept.assert_code(2);
+    assert!(swept.leaks().is_empty(), "{swept}");
+    assert!(swept.unchecked_about(&guard).contains("proves nothing"), "{swept}");
+    for p in &mut inside {
+        p.assert_survived("a stranger in a cgroup a forged record names");
+    }
+    assert!(path.exists(), "the record is kept for a person to look at");
+    drop(inside);
+    drop(made);
+}
+
+#[test]
+fn a_stranger_moved_into_a_real_guards_cgroup_survives_the_watchdog_that_ends_the_guard() {
+    let sb = Sandbox::new("verdict", "stranger_in_cgroup");
+    // Started before the guard — a clock tick before: start times count ticks (10 ms), and a
+    // process of the guard's own tick may be its child — then moved into its cgroup (root can).
+    let mut older = strangers();
+    std::thread::sleep(Duration::from_millis(30));
+    let mut owner = Piped::start(leaky(&sb, &["--sleep", "3600", "--containment", "cgroup"]));
+    let guarded = pids(&owner.ready[2])[0];
+    let cgroup = guard_cgroup(&sb.ledger);
+    for p in &older {
+        std::fs::write(cgroup.join("cgroup.procs"), p.id.pid.to_string()).expect("moved in");
+    }
+    let watchdog = watchdog_of(&owner.ready[0]);
+
+    owner.child.kill().expect("SIGKILL our own child");
+    owner.child.wait().expect("reaped");
+    wait_exit(watchdog, "the watchdog");
+    assert!(exited(&guarded), "the guard's own process was ended");
+    for p in &mut older {
+        p.assert_survived("a process older than the guard, moved into its cgroup");
+    }
+    let parent = cgroup.parent().expect("a parent cgroup").join("cgroup.procs");
+    for p in &older {
+        std::fs::write(&parent, p.id.pid.to_string()).expect("moved back out");
+    }
+    drop(older);
+    let _ = std::fs::remove_dir(&cgroup);
+    // The evidence names the guard's leak; the cgroup is gone with its last member.
+    let swept = sb.reap(&[]);
+    assert!(swept.leak_pids().contains(&i64::from(guarded.pid)), "{swept}");
+    assert!(!cgroup.exists(), "{swept}");
 }

@@ -380,6 +380,7 @@ impl Container {
             created_at: spec.created_at,
             fds,
             child: None,
+            cgroup: None,
         };
         registry::guard_created(Attachment::current().as_ref(), live);
         Ok((container, spec.plan))

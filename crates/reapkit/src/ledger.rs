@@ -169,8 +169,13 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "lowercase")]
 pub enum Contained {
-    /// A cgroup of its own: every member is the guard's, whatever its environment says.
-    Cgroup { cgroup: PathBuf },
+    /// A cgroup of its own, and its id when the guard made it (absent in records of reapkit
+    /// before 0.2, which prove nothing about the cgroup).
+    Cgroup {
+        cgroup: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
     /// A keeper (pid, start time): its descendants are the tree.
     Keeper { keeper: ProcId },
     /// Marker only.
@@ -226,7 +231,7 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
 
 /// Reads one record as hostile input: a regular file of ours (no FIFO, device or symlink; opened
 /// non-blocking, so that even a FIFO swapped in after the check cannot block), bounded in size.
-fn read_record(path: &Path) -> Result<Record, String> {
+pub(crate) fn read_record(path: &Path) -> Result<Record, String> {
     let body = crate::safe_fs::read_bounded(path, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
     let record: Record = serde_json::from_slice(&body).map_err(|e| format!("not a reapkit record: {e}"))?;
     let stem = path.file_stem().and_then(|s| s.to_str());

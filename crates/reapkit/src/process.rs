@@ -301,7 +301,7 @@ impl ProcessBuilder {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take().and_then(|s| StderrRing::start(s, self.ring_bytes).ok());
         let contained = match &holder {
-            Holder::Cgroup(cg) => ledger::Contained::Cgroup { cgroup: cg.dir().to_path_buf() },
+            Holder::Cgroup(cg) => ledger::Contained::Cgroup { cgroup: cg.dir().to_path_buf(), id: Some(cg.id()) },
             Holder::Keeper(k) => ledger::Contained::Keeper { keeper: k.id },
             Holder::Marker { .. } => ledger::Contained::Marker,
         };
@@ -349,6 +349,10 @@ impl ProcessBuilder {
             created_at: self.created_at,
             fds: guard.tree.fds(),
             child: Some(pid),
+            cgroup: match &guard.tree.holder {
+                Holder::Cgroup(cg) => Some((cg.dir().to_path_buf(), cg.id())),
+                _ => None,
+            },
         };
         registry::guard_created(scope.as_ref(), live);
         if let Some((listen, deadline)) = listen {

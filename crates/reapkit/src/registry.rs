@@ -63,6 +63,9 @@ pub(crate) struct LiveGuard {
     pub(crate) fds: Vec<HeldFd>,
     /// Its direct child (the server, or its keeper), if it has one.
     pub(crate) child: Option<i32>,
+    /// The cgroup it made for its tree (directory and id), if it has one: witnessed made by
+    /// this process, which the scope's sweep may take as proof (`sweep::Sweep::witnessed`).
+    pub(crate) cgroup: Option<(PathBuf, u64)>,
 }
 
 /// A deferred teardown (`scope.defer(..)`, `reapkit::defer(..)`).

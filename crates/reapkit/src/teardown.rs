@@ -593,9 +593,17 @@ pub(crate) fn end_leftovers(members: &[Member], grace: Duration) -> Vec<ProcId> 
     members.iter().filter(|m| !m.has_exited()).map(|m| m.id).collect()
 }
 
-/// Ends the processes of a leftover cgroup: SIGTERM to each member, `grace`, `cgroup.kill`,
-/// a bounded wait for it to empty, then removes it. Returns what went wrong.
-pub(crate) fn end_cgroup(cg: &GuardCgroup, grace: Duration) -> Result<(), String> {
+/// Ends the processes of a leftover cgroup that a sweep proved its guard's: SIGTERM to each
+/// member, `grace`, `cgroup.kill`, a bounded wait for it to empty, then removes it. Unless
+/// `all_ours`: then strangers sit in it too (the sweep ended the guard's members one by one),
+/// and it is removed only if it is empty. Returns what went wrong.
+pub(crate) fn end_cgroup(cg: &GuardCgroup, all_ours: bool, grace: Duration) -> Result<(), String> {
+    if !all_ours {
+        return match cg.is_empty() {
+            true => cg.remove().map_err(|e| format!("could not remove {}: {e}", cg.dir().display())),
+            false => Ok(()),
+        };
+    }
     let members: Vec<Member> = cg.members().into_iter().filter_map(ProcId::of).filter_map(Member::open).collect();
     for m in &members {
         let _ = m.handle.signal(libc::SIGTERM);

@@ -33,7 +33,7 @@ use crate::ownership::{
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
 use crate::procfs::ProcId;
-use crate::sweep::{DockerCheck, Scope, Sweep};
+use crate::sweep::{DockerCheck, Scope, Sweep, Witness};
 
 /// The watchdog's SIGTERM-to-SIGKILL grace for its owner's leftovers.
 pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
@@ -114,10 +114,14 @@ pub(crate) fn watch(owner: &str) -> i32 {
     if owner != OwnerId::here(owner.process) {
         return 2;
     }
-    match os::Lifeline::inherited() {
-        Some(lifeline) => while !os::wait_readable(lifeline.as_fd(), os::deadline_in(Duration::from_secs(3600))) {},
-        None => wait_for_death(owner.process),
-    }
+    let dir = std::env::var_os(ENV_LEDGER_DIR).map_or_else(ledger::default_dir, PathBuf::from);
+    let witness = match os::Lifeline::inherited() {
+        Some(lifeline) => {
+            while !os::wait_readable(lifeline.as_fd(), os::deadline_in(Duration::from_secs(3600))) {}
+            None
+        }
+        None => Some(witness_until_death(&owner, &dir)),
+    };
     if let Some(supervisor) = crate::ownership::supervisor().filter(|s| *s == OwnerId::here(s.process)) {
         wait_for_death(supervisor.process);
     }
@@ -125,7 +129,7 @@ pub(crate) fn watch(owner: &str) -> i32 {
         .ok()
         .and_then(|v| humantime::parse_duration(v.trim()).ok())
         .unwrap_or(DEFAULT_WATCHDOG_GRACE);
-    let dir = std::env::var_os(ENV_LEDGER_DIR).map_or_else(ledger::default_dir, PathBuf::from);
+    let witnessed = witness.map(|w| w.cgroups()).unwrap_or_default();
     // Again while it finds something: a tree that forks while it is ended leaves new processes
     // that the first sweep could not see.
     let mut unchecked = false;
@@ -135,6 +139,7 @@ pub(crate) fn watch(owner: &str) -> i32 {
             .docker(DockerCheck::RecordsOnly)
             .grace(grace)
             .keeping_evidence()
+            .witnessed(witnessed.clone())
             .find()
             .reap();
         unchecked |= !report.unchecked.is_empty();
@@ -143,6 +148,23 @@ pub(crate) fn watch(owner: &str) -> i32 {
         }
     }
     i32::from(unchecked)
+}
+
+/// Blocks until `owner` has exited, witnessing meanwhile the cgroups its guards make (the
+/// records landing in `dir`): what proves them the guards' once their own processes are gone.
+fn witness_until_death(owner: &OwnerId, dir: &Path) -> Witness {
+    let mut witness = Witness::new(dir, owner);
+    let Some(member) = Member::open(owner.process) else { return witness };
+    loop {
+        let fds: Vec<_> = std::iter::once(member.handle.fd()).chain(witness.fd()).collect();
+        let ready = os::wait_any_readable(&fds, os::deadline_in(Duration::from_secs(3600)));
+        if ready.contains(&0) {
+            // The records written just before the end are checked too.
+            witness.arrived();
+            return witness;
+        }
+        witness.arrived();
+    }
 }
 
 /// Blocks until `id` has exited (at once if it already has, or its pid was recycled).

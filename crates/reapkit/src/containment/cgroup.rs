@@ -87,6 +87,11 @@ pub(crate) struct GuardCgroup {
     dir: PathBuf,
     /// `cgroup.events`, kept open: `poll` on it wakes when `populated` changes.
     events: File,
+    /// Its id (the directory's inode number, never reused for the boot): what a record keeps
+    /// to tell it from a cgroup made later under the same name.
+    id: u64,
+    /// Who owns its directory: who made it (or was given it).
+    uid: u32,
 }
 
 impl GuardCgroup {
@@ -102,8 +107,11 @@ impl GuardCgroup {
             let events = File::open(dir.join("cgroup.events"))?;
             Ok::<_, io::Error>((procs, events))
         })();
-        match opened {
-            Ok((procs, events)) => Ok((GuardCgroup { dir, events }, procs.into())),
+        match opened.and_then(|(procs, events)| Ok((procs, events, std::fs::metadata(&dir)?))) {
+            Ok((procs, events, meta)) => {
+                use std::os::unix::fs::MetadataExt;
+                Ok((GuardCgroup { dir, events, id: meta.ino(), uid: meta.uid() }, procs.into()))
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(e)
@@ -113,12 +121,27 @@ impl GuardCgroup {
 
     /// The cgroup of a leftover (`dir` found by a sweep), opened to be ended and removed.
     pub(crate) fn open(dir: PathBuf) -> io::Result<GuardCgroup> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a cgroup directory"));
+        }
         let events = File::open(dir.join("cgroup.events"))?;
-        Ok(GuardCgroup { dir, events })
+        Ok(GuardCgroup { dir, events, id: meta.ino(), uid: meta.uid() })
     }
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Its id: the directory's inode number in the cgroup2 file system.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The uid owning its directory.
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
     }
 
     /// Every process in it (and in cgroups below it, which a nested guard may have made).

@@ -127,6 +127,12 @@ pub(crate) fn cgroups_refused() {
     CGROUPS_REFUSED.store(true, Ordering::Relaxed);
 }
 
+/// Where the cgroup2 file system is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts), or why none is.
+pub fn cgroup2_mount() -> Result<&'static std::path::Path, &'static str> {
+    cgroup::hierarchy().map(|h| h.mount.as_path())
+}
+
 /// Every reapkit cgroup on this machine (`reapkit-<guard id>` under the cgroup2 mount): a
 /// guard's while it lives; afterwards, a leak.
 pub fn reapkit_cgroups() -> Vec<std::path::PathBuf> {

@@ -218,6 +218,63 @@ pub(crate) fn self_exe() -> std::path::PathBuf {
     "/proc/self/exe".into()
 }
 
+/// A watch on a directory (inotify): readable when a file lands in it by rename or is closed
+/// after writing — a ledger record arriving — so that a watchdog sees its owner's records as
+/// they are written, without reading the directory again and again.
+#[derive(Debug)]
+pub(crate) struct DirWatch(OwnedFd);
+
+impl DirWatch {
+    pub(crate) fn new(dir: &std::path::Path) -> io::Result<DirWatch> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: plain syscall; on success it returns a new fd we own.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just handed us this fd and nothing else owns it.
+        let watch = DirWatch(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_ONLYDIR;
+        // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
+        if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(watch)
+    }
+
+    /// What to `poll` for readability: a file arrived.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// The names of the files that arrived since the last call; never blocks.
+    pub(crate) fn arrived(&self) -> Vec<std::ffi::OsString> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut names = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a buffer we own, of the length given.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return names;
+            }
+            let mut at = 0;
+            let header = std::mem::size_of::<libc::inotify_event>();
+            while at + header <= n as usize {
+                // SAFETY: the kernel wrote whole events; read_unaligned copes with the byte buffer.
+                let event: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+                let name = &buf[at + header..(at + header + event.len as usize).min(n as usize)];
+                let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                if !name.is_empty() {
+                    names.push(std::ffi::OsStr::from_bytes(name).to_owned());
+                }
+                at += header + event.len as usize;
+            }
+        }
+    }
+}
+
 /// The watchdog learns of its owner's death through a pidfd of the owner rather than a pipe:
 /// the test process then holds no extra descriptor, and a child that the test forks without
 /// exec cannot keep a pipe end — and the watchdog — alive. So there is no lifeline here.

@@ -535,6 +535,25 @@ pub(crate) fn self_exe() -> std::path::PathBuf {
     std::env::current_exe().unwrap_or_else(|_| std::env::args_os().next().unwrap_or_default().into())
 }
 
+/// A watch on a directory: the portable backend has none (and no cgroups for a watchdog to
+/// witness).
+#[derive(Debug)]
+pub(crate) enum DirWatch {}
+
+impl DirWatch {
+    pub(crate) fn new(_dir: &std::path::Path) -> io::Result<DirWatch> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no directory watch on the portable backend"))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match *self {}
+    }
+
+    pub(crate) fn arrived(&self) -> Vec<std::ffi::OsString> {
+        match *self {}
+    }
+}
+
 /// The argument that names a watchdog's end of its [`Lifeline`].
 const LIFELINE_ARG: &str = "--reapkit-lifeline=";
 

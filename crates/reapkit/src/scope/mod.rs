@@ -338,7 +338,7 @@ impl TestScope {
         let registered = self.shared.take_registered();
         let mut checked = vec![];
         if !registered.ledger_dirs.is_empty() {
-            self.sweep(&registered, &mut report);
+            self.sweep(&registered, &undropped, &mut report);
             checked.push(LeakKind::Process);
             if !registered.docker_hosts.is_empty() {
                 checked.extend([LeakKind::Container, LeakKind::Network, LeakKind::Volume]);
@@ -433,8 +433,10 @@ impl TestScope {
 
     /// Ends whatever carries the test's marker, record or labels — guards still alive,
     /// escapees — by the sweep's protocol, and names it.
-    fn sweep(&self, registered: &Registered, report: &mut LeakReport) {
+    fn sweep(&self, registered: &Registered, undropped: &[registry::LiveGuard], report: &mut LeakReport) {
         let scope = Scope::Test { owner: Owner::current().id.clone(), test: self.shared.test.clone() };
+        // The cgroups of the test's guards this process made: proof of their members.
+        let made: Vec<_> = undropped.iter().filter_map(|g| g.cgroup.clone()).collect();
         let grace = self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE);
         for (i, dir) in registered.ledger_dirs.iter().enumerate() {
             // Labels are looked up once, on the first engine; records name their own engines.
@@ -442,7 +444,8 @@ impl TestScope {
                 Some(host) if i == 0 => DockerCheck::Host(host.clone()),
                 _ => DockerCheck::RecordsOnly,
             };
-            let found = Sweep::new(scope.clone()).ledger_dir(dir).docker(docker).grace(grace).find().reap();
+            let sweep = Sweep::new(scope.clone()).ledger_dir(dir).docker(docker).grace(grace).witnessed(made.clone());
+            let found = sweep.find().reap();
             report.leaks.extend(found.leaks.iter().map(ScopeLeak::swept));
             report.problems.extend(found.unchecked);
             if !crate::os::PROC_TABLE {

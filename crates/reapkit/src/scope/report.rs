@@ -40,7 +40,7 @@ impl LeakKind {
 
     fn from_sweep(kind: sweep::LeakKind) -> LeakKind {
         match kind {
-            sweep::LeakKind::Process | sweep::LeakKind::Cgroup => LeakKind::Process,
+            sweep::LeakKind::Process => LeakKind::Process,
             sweep::LeakKind::Container => LeakKind::Container,
             sweep::LeakKind::Network => LeakKind::Network,
             sweep::LeakKind::Volume => LeakKind::Volume,

@@ -557,6 +557,7 @@ impl SharedFixture {
             created_at,
             fds: vec![HeldFd { fd: self.conn.as_raw_fd(), target: None }],
             child: None,
+            cgroup: None,
         };
         registry::lease_created(Attachment::current().as_ref(), guard);
         self

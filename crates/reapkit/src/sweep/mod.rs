@@ -27,6 +27,7 @@
 #[cfg(feature = "docker")]
 mod docker;
 mod processes;
+mod proof;
 mod report;
 mod scope;
 
@@ -37,12 +38,13 @@ use crate::containment::cgroup::GuardCgroup;
 use crate::identity::{OwnerId, Viewpoint, Whereabouts};
 use crate::ledger::{self, Record, Resource};
 use crate::member::Member;
-use crate::ownership::{self, ENV_GUARD};
+use crate::ownership;
 use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
 use crate::run_stats::{self, RunStats};
 use crate::{os, teardown};
 
 pub(crate) use processes::{describe_holder, Markers};
+pub(crate) use proof::Witness;
 pub(crate) use report::{action_words, words};
 pub use report::{
     write_columns, write_table, Action, Columns, FoundBy, Health, Leak, LeakKind, Report, EXIT_CLEAN, EXIT_LEAKS,
@@ -102,6 +104,8 @@ pub struct Sweep {
     grace: Duration,
     /// A watchdog keeps the records of what it reaped, marked, as evidence for the CI sweep.
     as_watchdog: bool,
+    /// Cgroups (directory and id) the caller saw its guards make ([`proof`]).
+    witnessed: Vec<(PathBuf, u64)>,
 }
 
 impl Sweep {
@@ -115,6 +119,7 @@ impl Sweep {
             docker_timeout: DEFAULT_DOCKER_TIMEOUT,
             grace: DEFAULT_GRACE,
             as_watchdog: false,
+            witnessed: Vec::new(),
         }
     }
 
@@ -166,6 +171,13 @@ impl Sweep {
         self
     }
 
+    /// Cgroups (directory and id) the caller saw its guards make: proven without a marked
+    /// member ([`proof`]).
+    pub(crate) fn witnessed(mut self, cgroups: Vec<(PathBuf, u64)>) -> Self {
+        self.witnessed = cgroups;
+        self
+    }
+
     /// Reads the machine: ledger, `/proc`, Docker. Never signals anything.
     pub fn find(&self) -> Findings {
         // The ledger asked for; else this project's and every one this user's guards wrote to.
@@ -193,6 +205,7 @@ impl Sweep {
             listing: self.scope == Scope::Everything,
             judge: Judge::new(self.scope.clone(), ownership::hostname()),
             stats: None,
+            witnessed: self.witnessed.clone(),
         };
         f.stats = f.run().and_then(|(run_id, owner)| RunStats::read(&run_stats::dir(), &run_id, owner.as_ref()));
         if let Err(why) = Viewpoint::current().usable() {
@@ -340,8 +353,9 @@ pub struct Findings {
     stale: Vec<PathBuf>,
     /// reapkit's own watchdogs and keepers in scope: ended without being reported as leaks.
     watchdogs: Vec<ProcId>,
-    /// Cgroups of guards in scope: ended (`cgroup.kill`) and removed after their processes.
-    cgroups: Vec<GuardCgroup>,
+    /// Cgroups of guards in scope, proven (see `proof`): ended and removed after their
+    /// processes — by `cgroup.kill` where every member is the guard's, else member by member.
+    cgroups: Vec<(GuardCgroup, bool)>,
     unchecked: Vec<String>,
     notes: Vec<String>,
     ledger_dir: PathBuf,
@@ -352,6 +366,8 @@ pub struct Findings {
     judge: Judge,
     /// The statistics of the run (or test process) in scope, read before anything was done.
     stats: Option<RunStats>,
+    /// Cgroups the sweep's caller saw made ([`Sweep::witnessed`]).
+    witnessed: Vec<(PathBuf, u64)>,
 }
 
 /// A ledger record as read by `find`, with where it lives: kept so that acting on it needs no
@@ -375,8 +391,6 @@ enum Target {
     /// A dead owner's record whose process had ended: evidence to keep (a watchdog marks it)
     /// or, once reported, clear.
     Ended(Recorded),
-    /// An empty reapkit cgroup nobody recorded (it is ended with the other cgroups).
-    Cgroup,
 }
 
 impl Target {
@@ -393,7 +407,7 @@ impl Target {
             #[cfg(feature = "docker")]
             Target::Docker(object) => object.record.as_ref(),
             Target::Ended(recorded) => Some(recorded),
-            Target::Evidence(_) | Target::Cgroup => None,
+            Target::Evidence(_) => None,
         }
     }
 
@@ -448,22 +462,10 @@ impl Findings {
     /// SIGKILL), Docker objects by forced removal with volumes; then clears their records.
     pub fn reap(mut self) -> Report {
         self.end_processes();
-        for cg in std::mem::take(&mut self.cgroups) {
-            let ended = teardown::end_cgroup(&cg, self.grace);
-            let dir = cg.dir().display().to_string();
-            match self.leaks.iter_mut().find(|l| l.kind == LeakKind::Cgroup && l.id.as_deref() == Some(&dir)) {
-                Some(leak) => match ended {
-                    Ok(()) => leak.action = Action::Removed,
-                    Err(e) => {
-                        leak.action = Action::Failed;
-                        leak.detail = Some(e);
-                    }
-                },
-                None => {
-                    if let Err(e) = ended {
-                        self.unchecked.push(e);
-                    }
-                }
+        for (cg, all_ours) in std::mem::take(&mut self.cgroups) {
+            let ended = teardown::end_cgroup(&cg, all_ours, self.grace);
+            if let Err(e) = ended {
+                self.unchecked.push(e);
             }
         }
         if self.judge.scope.supervises() {
@@ -721,7 +723,9 @@ impl Findings {
         }
         // The containment first: what the kernel says is the tree, whatever it carries.
         let markers = processes::record_markers(&record);
-        self.push_contained(&path, &record, &markers, owner);
+        if let Err(why) = self.push_contained(&record, &markers, owner) {
+            return self.unchecked_record(&path, &format!("{why}. Kept"));
+        }
         if self.attach(&located, &path, &record) {
             return;
         }
@@ -731,7 +735,7 @@ impl Findings {
             Whereabouts::Alive(here) if Stat::read(here.pid).is_ok_and(|s| s.is_zombie()) => {
                 self.push_process(here, markers, FoundBy::Ledger, owner, Some((path, record)));
             }
-            Whereabouts::Alive(here) => match corroborate(here, &record.guard) {
+            Whereabouts::Alive(here) => match proof::named_process(here, &record.guard) {
                 Ok(()) => {
                     self.push_process(here, markers.clone(), FoundBy::Ledger, owner, Some((path, record)));
                     self.push_descendants(here, &markers, false);
@@ -767,41 +771,73 @@ impl Findings {
         }
     }
 
-    /// The members of a recorded guard's containment: its cgroup's processes, or its keeper's
-    /// descendants — of any uid: they started as the guard's, and the kernel kept them there.
-    fn push_contained(&mut self, path: &Path, record: &Record, markers: &Markers, owner: OwnerHealth) {
-        let Resource::Process { contained: Some(contained), .. } = &record.resource else { return };
+    /// The members of a recorded guard's containment, where it is proven ([`proof`]): its
+    /// cgroup's processes, or its keeper's descendants — of any uid: they started as the guard's,
+    /// and the kernel kept them there. `Err`: the record names a containment it cannot prove.
+    fn push_contained(&mut self, record: &Record, markers: &Markers, owner: OwnerHealth) -> Result<(), String> {
+        let Resource::Process { process, contained: Some(contained), .. } = &record.resource else { return Ok(()) };
         match contained {
-            ledger::Contained::Cgroup { cgroup } => match checked_cgroup(cgroup, &record.guard) {
-                Ok(Some(cg)) => self.push_cgroup(cg, markers, owner),
-                Ok(None) => {} // gone, and everything in it
-                Err(why) => self.unchecked_record(path, &why),
-            },
-            ledger::Contained::Keeper { keeper } => {
-                let located = self.judge.ns.locate(*keeper, record.owner.pidns, &record.owner.boot);
-                let Whereabouts::Alive(here) = located else { return };
-                let entry = format!("{}={}", crate::containment::keeper::ENV_KEEPER_GUARD, record.guard);
-                if MarkerScan::new().carries(here.pid, entry.as_bytes()) {
-                    self.watchdogs.push(here);
-                    self.push_descendants_found_by(here, markers, FoundBy::Keeper, true);
+            ledger::Contained::Cgroup { cgroup, id } => {
+                let Some(id) = id else {
+                    return Err(format!(
+                        "it names the cgroup {} without its id (a record of reapkit before 0.2), which proves nothing",
+                        cgroup.display()
+                    ));
+                };
+                match proof::cgroup(cgroup, &record.guard, Some(*id), process.start_time, &self.witnessed) {
+                    proof::CgroupProof::Gone => Ok(()),
+                    proof::CgroupProof::Proven { cgroup, members, strangers } => {
+                        self.push_cgroup(cgroup, members, &strangers, markers, owner);
+                        Ok(())
+                    }
+                    proof::CgroupProof::Unproven { why, .. } => Err(why),
                 }
             }
-            ledger::Contained::Marker => {}
+            ledger::Contained::Keeper { keeper } => {
+                let located = self.judge.ns.locate(*keeper, record.owner.pidns, &record.owner.boot);
+                if let Whereabouts::Alive(here) = located {
+                    if proof::named_keeper(here, &record.guard) {
+                        self.watchdogs.push(here);
+                        self.push_descendants_found_by(here, markers, FoundBy::Keeper, true);
+                    }
+                }
+                Ok(())
+            }
+            ledger::Contained::Marker => Ok(()),
         }
     }
 
-    /// Every process of a guard's cgroup, and the cgroup itself, to end and remove.
-    fn push_cgroup(&mut self, cg: GuardCgroup, markers: &Markers, owner: OwnerHealth) {
-        for id in cg.members().into_iter().filter_map(ProcId::of) {
+    /// The proven members of a guard's cgroup, and the cgroup itself, to end and remove; the
+    /// strangers in it are reported, never touched.
+    fn push_cgroup(
+        &mut self,
+        cg: GuardCgroup,
+        members: Vec<ProcId>,
+        strangers: &[ProcId],
+        markers: &Markers,
+        owner: OwnerHealth,
+    ) {
+        for id in members {
             self.push_process(id, markers.clone(), FoundBy::Cgroup, owner, None);
         }
-        if !self.cgroups.iter().any(|c| c.dir() == cg.dir()) {
-            self.cgroups.push(cg);
+        for id in strangers {
+            let uid = procfs::owner_uid(id.pid).map_or_else(|_| "?".into(), |u| u.to_string());
+            self.unchecked.push(format!(
+                "pid {} (uid {uid}, `{}`) sits in {} but started before the guard's process: moved in from outside, \
+                 so not the guard's; not touched",
+                id.pid,
+                procfs::cmdline(id.pid),
+                cg.dir().display()
+            ));
+        }
+        if !self.cgroups.iter().any(|(c, _)| c.dir() == cg.dir()) {
+            self.cgroups.push((cg, strangers.is_empty()));
         }
     }
 
-    /// reapkit cgroups no record named (a record lost, or deleted): their owner is in their
-    /// name. Only sweeps that do not filter by run look at them (a cgroup has no run id).
+    /// reapkit cgroups no record named (a record lost, or deleted): their name says whose guard
+    /// made them, which proves nothing, so only a live member carrying that guard's marker does
+    /// ([`proof`]). Only sweeps that do not filter by run look at them (a cgroup has no run id).
     fn push_unrecorded_cgroups(&mut self) {
         let considered =
             matches!(self.judge.scope, Scope::DeadOwners { run_id: None } | Scope::Owner(_) | Scope::Everything);
@@ -809,24 +845,28 @@ impl Findings {
             return;
         }
         for dir in crate::containment::cgroup::all_reapkit() {
-            if self.cgroups.iter().any(|c| c.dir() == dir) {
+            if self.cgroups.iter().any(|(c, _)| c.dir() == dir) {
                 continue;
             }
             let guard = dir
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(crate::containment::cgroup::PREFIX));
-            let Some(owner) = guard.and_then(ownership::owner_of_guard) else { continue };
+                .and_then(|n| n.strip_prefix(crate::containment::cgroup::PREFIX))
+                .unwrap_or_default()
+                .to_owned();
+            let Some(owner) = ownership::owner_of_guard(&guard) else { continue };
             let claim = Claim { owner: Some(&owner), ..Claim::default() };
             let Verdict::Take(health) = self.judge.verdict(&claim) else { continue };
-            let markers = Markers { owner: Some(owner.clone()), guard: guard.map(str::to_owned), ..Markers::default() };
-            if let Ok(Some(cg)) = checked_cgroup(&dir, guard.unwrap_or_default()) {
-                if cg.members().is_empty() && !self.listing {
-                    // Nothing left in it, and no record: the cgroup itself is the evidence.
-                    self.leaks.push(cgroup_leak(&dir, &markers));
-                    self.targets.push(Target::Cgroup);
+            let markers = Markers { owner: Some(owner.clone()), guard: Some(guard.clone()), ..Markers::default() };
+            match proof::cgroup(&dir, &guard, None, owner.process.start_time, &self.witnessed) {
+                proof::CgroupProof::Proven { cgroup, members, strangers } => {
+                    self.push_cgroup(cgroup, members, &strangers, &markers, health)
                 }
-                self.push_cgroup(cg, &markers, health);
+                proof::CgroupProof::Unproven { why, members } if self.judge.scope.machine_wide() => {
+                    let what = if members.is_empty() { "empty" } else { "not empty" };
+                    self.notes.push(format!("a cgroup named like reapkit's that no record names ({what}): {why}"));
+                }
+                proof::CgroupProof::Unproven { .. } | proof::CgroupProof::Gone => {}
             }
         }
     }
@@ -927,49 +967,6 @@ fn remove_record(path: &std::path::Path, unchecked: &mut Vec<String>) {
     }
 }
 
-/// The cgroup a record names, if it is what reapkit would have made for guard `guard`: under the
-/// cgroup2 mount, named `reapkit-<guard>`, owned by us. `Ok(None)`: it is gone.
-fn checked_cgroup(dir: &Path, guard: &str) -> Result<Option<GuardCgroup>, String> {
-    use std::os::unix::fs::MetadataExt;
-    let mount =
-        crate::containment::cgroup::hierarchy().map_err(|why| format!("its cgroup cannot be checked: {why}"))?;
-    let named = dir.file_name().is_some_and(|n| *n == *format!("{}{guard}", crate::containment::cgroup::PREFIX));
-    let inside = dir.starts_with(&mount.mount) && dir.components().all(|c| c != std::path::Component::ParentDir);
-    if !named || !inside {
-        return Err(format!(
-            "it names the cgroup {}, which is not one reapkit made for it; not touched",
-            dir.display()
-        ));
-    }
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("its cgroup {} cannot be read: {e}", dir.display())),
-        Ok(meta) if meta.uid() != procfs::my_uid() => {
-            Err(format!("its cgroup {} belongs to uid {}, not to you; not touched", dir.display(), meta.uid()))
-        }
-        Ok(_) => {
-            GuardCgroup::open(dir.to_path_buf()).map(Some).map_err(|e| format!("its cgroup {}: {e}", dir.display()))
-        }
-    }
-}
-
-/// Whether the live process `here`, named by a record of guard `guard`, is provably the one the
-/// record means: ours, not the reaper or an ancestor, and carrying that guard's marker.
-fn corroborate(here: ProcId, guard: &str) -> Result<(), String> {
-    if procfs::self_and_ancestors().contains(&here.pid) {
-        return Err("it is this reaper or one of its ancestors".into());
-    }
-    match procfs::owner_uid(here.pid) {
-        Ok(uid) if uid == procfs::my_uid() => {}
-        Ok(uid) => return Err(format!("it runs as uid {uid}, not as you")),
-        Err(e) => return Err(format!("its owner cannot be read ({e})")),
-    }
-    if !MarkerScan::new().carries(here.pid, format!("{ENV_GUARD}={guard}").as_bytes()) {
-        return Err(format!("it does not carry {ENV_GUARD}={guard}"));
-    }
-    Ok(())
-}
-
 /// The record a watchdog writes for a process it found by marker only (a guard's child or
 /// escapee): named after the guard *and* the pid, so it never replaces the guard's own record,
 /// and filled from the evidence taken before the kill (the process is gone now). The markers
@@ -994,31 +991,6 @@ fn escapee_record(id: ProcId, markers: &Markers, leak: &Leak, host: &str) -> Rec
         },
         supervisor: markers.supervisor.clone(),
         reaped: None,
-    }
-}
-
-/// An empty reapkit cgroup of a dead owner that no record named.
-fn cgroup_leak(dir: &Path, markers: &Markers) -> Leak {
-    Leak {
-        kind: LeakKind::Cgroup,
-        test: None,
-        run_id: None,
-        age_s: None,
-        action: Action::WouldReap,
-        found_by: FoundBy::Cgroup,
-        health: Health::Orphaned,
-        pid: None,
-        id: Some(dir.display().to_string()),
-        owner: markers.owner.as_ref().map(OwnerId::to_string),
-        guard: markers.guard.clone(),
-        command: None,
-        cwd: None,
-        rss_bytes: None,
-        fds: None,
-        threads: None,
-        exe: None,
-        detail: Some("a guard's cgroup, left behind by an owner that died; no process is left in it".into()),
-        listening: Vec::new(),
     }
 }
 

@@ -23,8 +23,6 @@ pub const EXIT_UNCHECKED: i32 = 2;
 #[serde(rename_all = "lowercase")]
 pub enum LeakKind {
     Process,
-    /// A reapkit cgroup of a guard whose owner died, with no process left in it.
-    Cgroup,
     Container,
     Network,
     Volume,
