@@ -16,7 +16,7 @@ use reapkit::Shared;
 use reapkit_tests::sweep_sandbox::{
     assert_root, clean_env, exited, leaky_owner, unmarked_sleep, Piped, Sandbox, Spawned, Swept, NOBODY,
 };
-use reapkit_tests::{dead_owner, reapkit_cli, wait_exit, wait_until};
+use reapkit_tests::{by_token, dead_owner, reapkit_cli, token, wait_exit, wait_until};
 
 /// Runs `cmd` to its end, or kills it after `limit` and panics saying it hung.
 fn within(limit: Duration, cmd: Command) -> Swept {
@@ -128,7 +128,9 @@ fn a_test_process_killed_under_keeper_containment_leaves_its_evidence_for_reap()
     let leak = &swept.leaks()[0];
     assert_eq!(leak["test"], sb.test_name(), "{swept}");
     assert_eq!(leak["action"], "reaped-by-watchdog", "{swept}");
-    assert!(leak["detail"].as_str().is_some_and(|d| d.contains("keeper ended the tree")), "{swept}");
+    // Whichever came first, the keeper (its owner's death ends its tree) or the watchdog.
+    let detail = leak["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("keeper ended the tree") || detail.contains("the watchdog reaped it"), "{swept}");
     sb.reap(&[]).assert_code(0);
 }
 
@@ -324,4 +326,148 @@ fn a_stranger_moved_into_a_real_guards_cgroup_survives_the_watchdog_that_ends_th
     let swept = sb.reap(&[]);
     assert!(swept.leak_pids().contains(&i64::from(guarded.pid)), "{swept}");
     assert!(!cgroup.exists(), "{swept}");
+}
+
+// ---------------------------------------------------------------- 2. "clean" means proven
+
+/// This process's own cgroup (cgroup2), where an escapee of a guard's cgroup can write itself.
+fn own_cgroup() -> PathBuf {
+    let mount = reapkit::containment::cgroup2_mount().expect("a cgroup2 mount");
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup2 line");
+    mount.join(path.trim_start_matches('/'))
+}
+
+/// `sh -c script` as a guard of `containment`, with `$1` the token its escapee sleeps on and
+/// `$2` a cgroup.procs it may write itself into.
+fn breaching(containment: reapkit::Containment, script: &str, token: &str) -> reapkit::ProcessGuard {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script, "sh", token]).arg(own_cgroup().join("cgroup.procs"));
+    reapkit::ProcessGuard::builder(cmd)
+        .containment(containment)
+        .term_grace(Duration::from_millis(300))
+        .spawn()
+        .expect("spawns")
+}
+
+/// The one live `sleep` on `token` (not a shell that names it).
+fn sleeping_on(token: &str) -> ProcId {
+    wait_until(&format!("the escapee `sleep {token}` runs"), || {
+        by_token(token).into_iter().find(|id| {
+            !reapkit_tests::is_zombie(id.pid) && reapkit::procfs::cmdline(id.pid) == format!("sleep {token}")
+        })
+    })
+}
+
+#[test]
+fn a_member_that_leaves_its_cgroup_is_ended_by_ancestry_and_named_as_a_breach() {
+    let token = token();
+    // A member writes itself into another cgroup, clears its environment, starts a session.
+    let script = r#"sh -c 'echo $$ > "$2" && exec env -i setsid sleep "$1"' sh "$1" "$2" & exec sleep 3600"#;
+    let guard = breaching(reapkit::Containment::Cgroup, script, &token);
+    let escapee = sleeping_on(&token);
+    let report = guard.shutdown();
+    assert!(!report.is_clean(), "a breach is never clean: {report}");
+    assert!(report.to_string().contains("left the guard's cgroup"), "{report}");
+    assert!(exited(&escapee), "ended as a descendant of its member: {report}");
+}
+
+#[test]
+fn an_escapee_that_left_its_cgroup_and_its_parent_is_named_and_the_scope_ends_it() {
+    let token = token();
+    let scope = reapkit::TestScope::builder().name("verdict::cgroup_escape").enter();
+    // ... and double-forks: re-parented to this process (the subreaper), outside the cgroup.
+    let script = r#"sh -c 'echo $$ > "$2" && exec env -i setsid sh -c "sleep $1 &"' sh "$1" "$2"; exec sleep 3600"#;
+    let guard = breaching(reapkit::Containment::Cgroup, script, &token);
+    let escapee = sleeping_on(&token);
+    let report = guard.shutdown();
+    assert!(!report.is_clean(), "{report}");
+    assert!(report.problems.iter().any(|p| p.contains(&format!("pid {}", escapee.pid))), "named: {report}");
+    let leaks = scope.finish().expect_err("the escapee is the test's leak").to_string();
+    assert!(leaks.contains(&token), "{leaks}");
+    assert!(exited(&escapee), "the scope ended it");
+}
+
+#[test]
+fn a_keeper_killed_by_its_own_tree_is_a_broken_containment_and_the_scope_ends_the_escapee() {
+    let token = token();
+    let scope = reapkit::TestScope::builder().name("verdict::keeper_killed").enter();
+    // The server kills its keeper (its parent), then escapes with a cleared environment.
+    let script = r#"kill -9 $PPID; env -i setsid sh -c "sleep $1 &"; exec sleep 3600"#;
+    let guard = breaching(reapkit::Containment::Keeper, script, &token);
+    let escapee = sleeping_on(&token);
+    let report = guard.shutdown();
+    assert!(!report.is_clean(), "{report}");
+    assert!(report.to_string().contains("its keeper") && report.to_string().contains("died"), "{report}");
+    assert!(report.problems.iter().any(|p| p.contains(&format!("pid {}", escapee.pid))), "named: {report}");
+    let leaks = scope.finish().expect_err("the escapee is the test's leak").to_string();
+    assert!(leaks.contains(&token), "{leaks}");
+    assert!(exited(&escapee), "the scope ended it");
+}
+
+#[test]
+fn after_its_keeper_and_then_its_owner_are_killed_the_supervisor_ends_the_escapee() {
+    let sb = Sandbox::new("verdict", "keeper_then_owner_killed");
+    let token = token();
+    let script = format!(r#"kill -9 $PPID; env -i setsid sh -c "sleep {token} &"; exec sleep 3600"#);
+    let out = tempfile::NamedTempFile::new().expect("a file for the ready line");
+    let mut run = reapkit_cli();
+    clean_env(&mut run);
+    run.args(["run", "--no-docker", "--grace", "200ms", "--run-id", &sb.run_id, "--report"])
+        .arg(&sb.report)
+        .args(["--", "sh", "-c"])
+        .arg(r#""$0" --containment keeper --sh "$2" > "$1" & until grep -q ready "$1"; do sleep 0.02; done; sleep 0.2; kill -9 $!; wait $!; exit 0"#)
+        .arg(leaky_owner())
+        .arg(out.path())
+        .arg(&script)
+        .env("REAPKIT_LEDGER_DIR", &sb.ledger)
+        .env("NEXTEST_TEST_NAME", sb.test_name());
+    let swept = within(Duration::from_secs(60), run);
+    assert_eq!(swept.code, 1, "{swept}");
+    assert!(by_token(&token).iter().all(exited), "the escapee did not outlive the run:\n{swept}");
+    let report = std::fs::read_to_string(&sb.report).expect("the report");
+    assert!(report.contains(&token), "named in the report: {report}");
+}
+
+#[test]
+fn run_and_wrap_take_a_leftover_that_switched_to_another_uid_and_spare_a_stranger_of_that_uid() {
+    let [_root, mut stranger] = strangers();
+    for mode in ["run", "wrap"] {
+        let sb = Sandbox::new("verdict", &format!("uid_switch_{mode}"));
+        let token = token();
+        let mut cmd = reapkit_cli();
+        clean_env(&mut cmd);
+        cmd.args([mode, "--no-docker", "--grace", "200ms", "--report"]).arg(&sb.report);
+        if mode == "run" {
+            cmd.args(["--run-id", &sb.run_id]);
+        }
+        let leak = format!(r#"env -i setsid sh -c 'sleep {token} &'"#);
+        cmd.args(["--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &leak])
+            .env("REAPKIT_LEDGER_DIR", &sb.ledger);
+        let swept = within(Duration::from_secs(60), cmd);
+        assert_eq!(swept.code, 1, "{mode}: the command passed but left a process behind:\n{swept}");
+        let report = std::fs::read_to_string(&sb.report).expect("the report");
+        assert!(report.contains(&token) && report.contains("\"action\": \"killed\""), "{mode}: {report}");
+        assert!(by_token(&token).iter().all(exited), "{mode}: the leftover is gone");
+        stranger.assert_survived("a process of the same uid outside the supervised tree");
+    }
+}
+
+#[test]
+fn a_keeper_dying_as_the_teardown_begins_never_leaves_its_server_running_under_a_clean_report() {
+    for _ in 0..10 {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "kill -9 $PPID; exec sleep 3600"]);
+        let guard = reapkit::ProcessGuard::builder(cmd)
+            .containment(reapkit::Containment::Keeper)
+            .term_grace(Duration::from_millis(200))
+            .spawn()
+            .expect("spawns");
+        let server = ProcId::of(guard.pid()).expect("the server");
+        // At once: the keeper may be dying right now.
+        let report = guard.shutdown();
+        assert!(exited(&server), "the server outlived its teardown: {report}");
+        let keeper_killed_first = report.to_string().contains("containment broken");
+        assert!(keeper_killed_first || report.is_clean(), "{report}");
+    }
 }

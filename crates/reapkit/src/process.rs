@@ -282,7 +282,7 @@ impl ProcessBuilder {
                 (direct, Holder::Marker { since })
             }
             // A keeper: the server is its only child, kept unreaped for us until it exits itself.
-            None => match keeper::server_of(pid).and_then(Member::open) {
+            None => match keeper::server_of(&direct, &guard_id).and_then(Member::open) {
                 Some(server) => (server, Holder::Keeper(direct)),
                 None => {
                     let _ = direct.handle.signal(libc::SIGKILL);

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::capabilities::{Concern, Guarantee};
-use crate::containment::cgroup::GuardCgroup;
+use crate::containment::cgroup::{self, GuardCgroup};
 use crate::containment::{keeper, Containment};
 use crate::ledger;
 use crate::member::Member;
@@ -43,6 +43,8 @@ use crate::stderr_ring::StderrRing;
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Discovery rounds while new processes keep appearing (a tree forking during teardown).
 const ROUNDS: usize = 8;
+/// How long a cgroup gets to freeze before its members are signalled anyway.
+const FREEZE_WAIT: Duration = Duration::from_millis(100);
 
 /// The two waits of the teardown protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +240,8 @@ struct Run {
     exited_on_eof: bool,
     /// Members signalled so far (the leader excluded), held by pidfd.
     members: Vec<Member>,
+    /// Processes of the tree found outside its cgroup (named once each).
+    left: Vec<ProcId>,
     escapees: Vec<Member>,
     done: bool,
 }
@@ -261,11 +265,16 @@ pub(crate) fn run_all(trees: &mut [&mut Tree]) -> Vec<Teardown> {
                 ended_by: EndedBy::StdinEof,
                 exited_on_eof: false,
                 members: Vec::new(),
+                left: Vec::new(),
                 escapees: Vec::new(),
                 done: false,
             }
         })
         .collect();
+
+    for (tree, run) in trees.iter_mut().zip(&mut runs) {
+        check_keeper(tree, run);
+    }
 
     // 1. The polite request: EOF on stdin, EPIPE on the next write to stdout.
     for (tree, run) in trees.iter_mut().zip(&mut runs) {
@@ -312,12 +321,34 @@ pub(crate) fn run_all(trees: &mut [&mut Tree]) -> Vec<Teardown> {
     trees.iter_mut().zip(runs).map(|(tree, run)| finish(tree, run)).collect()
 }
 
+/// A keeper that died while its server lived (killed from outside, or by a process of its own
+/// tree) broke the containment: its tree was re-parented to this process, where only the
+/// group, the marker and ancestry can find it. From then on the teardown is marker-only from
+/// the keeper's start, and says so: what carries none of those is named, never called clean.
+/// Checked before each step, since the keeper may be dying when the teardown begins.
+fn check_keeper(tree: &mut Tree, run: &mut Run) {
+    let Holder::Keeper(keeper) = &tree.holder else { return };
+    // A keeper exits on its own only after its server, with the server's status.
+    if !keeper.has_exited() || tree.leader.has_exited() {
+        return;
+    }
+    run.problems.push(format!(
+        "containment broken: its keeper (pid {}) died while the guard lived (killed from outside or by a process \
+         of its tree); the tree was re-parented to this process and is ended by its group, its marker and \
+         ancestry only",
+        keeper.id.pid
+    ));
+    tree.holder = Holder::Marker { since: keeper.id.start_time };
+    tree.scan_proc = true;
+}
+
 /// Sends `sig` to the live members of every tree not yet done, and waits until all are, or
 /// `deadline`; a tree that forked meanwhile gets the signal again (in rounds).
-fn signal_wave(trees: &[&mut Tree], runs: &mut [Run], sig: Signal, deadline: Instant) {
+fn signal_wave(trees: &mut [&mut Tree], runs: &mut [Run], sig: Signal, deadline: Instant) {
     for _ in 0..ROUNDS {
         let mut signalled = false;
-        for (tree, run) in trees.iter().zip(runs.iter_mut()).filter(|(_, r)| !r.done) {
+        for (tree, run) in trees.iter_mut().zip(runs.iter_mut()).filter(|(_, r)| !r.done) {
+            check_keeper(tree, run);
             signalled |= signal_tree(tree, run, sig);
         }
         wait_trees(trees, runs, deadline);
@@ -347,17 +378,26 @@ fn live_descendants(pid: i32) -> Vec<Member> {
 
 /// Sends `sig` to every live member of `tree`; returns whether any got it.
 fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
+    let mut frozen: Option<&GuardCgroup> = None;
     let live: Vec<Member> = match &tree.holder {
         Holder::Cgroup(cg) => {
+            // What left the cgroup below a member is the tree's still, by ancestry.
+            let leavers = left_the_cgroup(cg, run);
             if sig == Signal::SIGKILL && !cg.is_empty() {
                 // Atomic: a process forking right now cannot slip out.
-                if let Err(e) = cg.kill() {
-                    run.problems.push(format!("cgroup.kill of {}: {e}", cg.dir().display()));
-                } else {
-                    return true;
+                match cg.kill() {
+                    Err(e) => run.problems.push(format!("cgroup.kill of {}: {e}", cg.dir().display())),
+                    Ok(()) if leavers.is_empty() => return true,
+                    Ok(()) => {}
                 }
             }
-            cg.members().into_iter().filter_map(ProcId::of).filter_map(Member::open).collect()
+            // Frozen while listed and signalled (thawed below): a member forking right now would
+            // otherwise have a child the signal misses, which then waits out the whole grace.
+            frozen = cg.freeze(os::deadline_in(FREEZE_WAIT)).then_some(cg);
+            let mut members: Vec<Member> =
+                cg.members().into_iter().filter_map(ProcId::of).filter_map(Member::open).collect();
+            members.extend(leavers);
+            members
         }
         Holder::Keeper(keeper) => live_descendants(keeper.id.pid),
         Holder::Marker { .. } => {
@@ -391,6 +431,9 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
             }
         }
     }
+    if let Some(cg) = frozen {
+        cg.thaw();
+    }
     let any = !live.is_empty() || leader;
     for m in live {
         if m.id != tree.leader.id && !run.members.iter().any(|k| k.id == m.id) {
@@ -398,6 +441,32 @@ fn signal_tree(tree: &Tree, run: &mut Run, sig: Signal) -> bool {
         }
     }
     any
+}
+
+/// Live descendants of the cgroup's members that are not in it any more: they wrote themselves
+/// into another cgroup. Ours by ancestry; each one is named once as a breach of the containment.
+fn left_the_cgroup(cg: &GuardCgroup, run: &mut Run) -> Vec<Member> {
+    let members = cg.members();
+    let mut leavers = Vec::new();
+    for pid in &members {
+        for d in procfs::descendants(*pid).into_iter().filter(|d| !members.contains(&d.pid)) {
+            if procfs::Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) {
+                continue;
+            }
+            if !run.left.contains(&d) {
+                let now = cgroup::cgroup_of(d.pid).unwrap_or_else(|| "?".into());
+                run.problems.push(format!(
+                    "containment broken: pid {} (`{}`) left the guard's cgroup for {now}; ended as a descendant of \
+                     its member pid {pid}",
+                    d.pid,
+                    procfs::cmdline(d.pid)
+                ));
+                run.left.push(d);
+            }
+            leavers.extend(Member::open(d));
+        }
+    }
+    leavers
 }
 
 /// Waits until every tree still in the wave is empty, or `deadline`.
@@ -457,6 +526,10 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         _ if tree.leader.has_exited() => tree.child.try_wait().ok().flatten(),
         _ => None,
     };
+    // A server whose keeper died is this process's child now: its zombie is ours to reap.
+    if tree.leader.id.pid != tree.child.id() as i32 && tree.leader.handle.reap() {
+        reaped.push(tree.leader.id);
+    }
     match &tree.holder {
         Holder::Cgroup(cg) => {
             // Orphans of the tree re-parented to us (when this process is a subreaper).
@@ -480,8 +553,11 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         run.ended_by = EndedBy::Unkillable;
     }
     run.problems.extend(survivors);
-    if let Holder::Marker { since } = tree.holder {
-        run.problems.extend(unproven_adoptions(tree, &run, since));
+    match tree.holder {
+        Holder::Marker { since } => run.problems.extend(unproven_adoptions(tree, &run, since)),
+        // A member that left the cgroup and whose parent died came here (the subreaper).
+        Holder::Cgroup(_) => run.problems.extend(unproven_adoptions(tree, &run, tree.leader.id.start_time)),
+        Holder::Keeper(_) => {}
     }
     run.clock.mark(Step::Reap);
 
@@ -538,20 +614,26 @@ fn survivors(tree: &Tree, run: &Run) -> Vec<String> {
 /// while the guard lived that carries no marker at all may be an escapee of the tree (it
 /// cleared its environment and left the group). Named, never touched, never called clean.
 fn unproven_adoptions(tree: &Tree, run: &Run, since: u64) -> Vec<String> {
-    let known =
-        |pid: i32| run.members.iter().chain(&run.escapees).any(|m| m.id.pid == pid) || pid == tree.leader.id.pid;
+    let known = |pid: i32| {
+        run.members.iter().chain(&run.escapees).any(|m| m.id.pid == pid)
+            || pid == tree.leader.id.pid
+            || crate::registry::is_ours(pid)
+    };
+    // An orphan of another guard's tree that stayed in its cgroup is that guard's.
+    let in_a_guards_cgroup =
+        |pid: i32| cgroup::cgroup_of(pid).is_some_and(|path| path.split('/').any(|p| p.starts_with(cgroup::PREFIX)));
     let mut scan = MarkerScan::new();
     procfs::children(std::process::id() as i32)
         .into_iter()
-        .filter(|&pid| !known(pid))
+        .filter(|&pid| !known(pid) && !in_a_guards_cgroup(pid))
         .filter_map(ProcId::of)
         .filter(|id| id.start_time >= since && !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie()))
         .filter(|id| !scan.carries_prefix(id.pid, b"REAPKIT_"))
         .map(|id| {
             format!(
                 "pid {} (`{}`) was adopted by this process while the guard lived and carries no marker: maybe an \
-                 escapee of the tree that marker-only containment cannot prove; not touched (use cgroup or keeper \
-                 containment)",
+                 escapee that left the tree's containment, which cannot be proven; not touched (the test scope, \
+                 `reapkit wrap` or the end of a `cargo test` run ends what its test left)",
                 id.pid,
                 procfs::cmdline(id.pid)
             )

@@ -11,6 +11,7 @@
 //! - `--sleep N`: instead of the fixtures, one guard of `sleep N` (and no container).
 //! - `--fixture "FLAGS"`: instead of the fixtures, one guard of the fixture with these flags
 //!   (space-separated; no container).
+//! - `--sh SCRIPT`: instead of the fixtures, one guard of `sh -c SCRIPT` (no container).
 //! - `--containment MODE`: the guards' containment (`cgroup`, `keeper`, `marker`).
 //! - `--rmcp`: with `--fixture`, the guard is rmcp's client over `reapkit::rmcp::child`,
 //!   handshaken and held by rmcp's service on a multi-thread runtime.
@@ -34,6 +35,7 @@ fn main() {
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let sleep = value("--sleep");
     let one_fixture = value("--fixture");
+    let script = value("--sh");
     let containment = value("--containment").map(|m| match m.as_str() {
         "cgroup" => reapkit::Containment::Cgroup,
         "keeper" => reapkit::Containment::Keeper,
@@ -47,6 +49,11 @@ fn main() {
         cmd
     };
     let commands = match (sleep, one_fixture) {
+        _ if script.is_some() => {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c").args(script);
+            vec![cmd]
+        }
         (Some(secs), _) => {
             let mut cmd = Command::new("sleep");
             cmd.arg(secs);
@@ -74,7 +81,8 @@ fn main() {
             }
         }
     }
-    let container = if flag("--no-container") || ((sleep.is_some() || one_fixture.is_some()) && !flag("--container")) {
+    let one_guard = sleep.is_some() || one_fixture.is_some() || script.is_some();
+    let container = if flag("--no-container") || (one_guard && !flag("--container")) {
         None
     } else {
         Some(

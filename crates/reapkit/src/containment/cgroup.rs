@@ -186,6 +186,36 @@ impl GuardCgroup {
         self.events.as_fd()
     }
 
+    /// Freezes every process in it (`cgroup.freeze`, Linux 5.2) and waits, until `deadline` at
+    /// most, for the kernel to say they are (`frozen 1` in `cgroup.events`, a POLLPRI event):
+    /// then none of them can fork while the members are listed and signalled. `false` if it
+    /// could not be frozen in time (the signals then race with forks, as without it).
+    pub(crate) fn freeze(&self, deadline: Instant) -> bool {
+        if std::fs::write(self.dir.join("cgroup.freeze"), b"1").is_err() {
+            return false;
+        }
+        loop {
+            if self.event("frozen 1") {
+                return true;
+            }
+            if !os::wait_priority(self.events.as_fd(), deadline) {
+                return self.event("frozen 1");
+            }
+        }
+    }
+
+    /// Lets its processes run again; the signals sent meanwhile are delivered now.
+    pub(crate) fn thaw(&self) {
+        let _ = std::fs::write(self.dir.join("cgroup.freeze"), b"0");
+    }
+
+    /// Whether `cgroup.events` has the line `line` now.
+    fn event(&self, line: &str) -> bool {
+        let mut text = String::with_capacity(64);
+        let mut f = &self.events;
+        f.rewind().and_then(|()| f.read_to_string(&mut text)).is_ok() && text.lines().any(|l| l == line)
+    }
+
     /// SIGKILL to every process in it and below, atomically: a process forking right now
     /// cannot slip out (`cgroup.kill`, Linux 5.14).
     pub(crate) fn kill(&self) -> io::Result<()> {

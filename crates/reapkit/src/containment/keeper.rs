@@ -124,9 +124,19 @@ impl Exec {
 }
 
 /// The server below a keeper that was just spawned: the keeper's only child (it never reaps
-/// it before exiting itself, so it is there, exited or not).
-pub(crate) fn server_of(keeper: i32) -> Option<ProcId> {
-    procfs::children(keeper).into_iter().find_map(ProcId::of)
+/// it before exiting itself, so it is there, exited or not) — or, if the keeper was killed that
+/// soon (by its own server, say), the child of ours carrying the guard's marker that the kernel
+/// re-parented here: the teardown then finds the keeper gone and says so.
+pub(crate) fn server_of(keeper: &Member, guard: &str) -> Option<ProcId> {
+    if let Some(server) = procfs::children(keeper.id.pid).into_iter().find_map(ProcId::of) {
+        return Some(server);
+    }
+    let marker = format!("{}={guard}", crate::ownership::ENV_GUARD);
+    let mut scan = procfs::MarkerScan::new();
+    procfs::children(std::process::id() as i32)
+        .into_iter()
+        .filter_map(ProcId::of)
+        .find(|id| id.start_time >= keeper.id.start_time && scan.carries(id.pid, marker.as_bytes()))
 }
 
 /// The keeper's `main`: run by the crate's constructor when `REAPKIT_KEEPER` is set. Never

@@ -271,13 +271,15 @@ impl Sweep {
         for (id, markers) in marked {
             f.push_marked(id, markers);
         }
-        let mut roots: Vec<(ProcId, Markers)> =
+        let roots: Vec<(ProcId, Markers)> =
             f.targets.iter().filter_map(|t| t.process()).map(|(id, m)| (id, m.clone())).collect();
-        if let (true, Some(me)) = (self.scope.supervises(), me) {
-            roots.push((me, Markers::default()));
-        }
         for (root, markers) in roots {
             f.push_descendants(root, &markers, false);
+        }
+        // A supervisor's tree is its containment: every orphan of its command is re-parented to
+        // it, whatever uid the command switched to.
+        if let (true, Some(me)) = (self.scope.supervises(), me) {
+            f.push_descendants(me, &Markers::default(), true);
         }
 
         let mut container_records = Vec::new();
@@ -886,6 +888,15 @@ impl Findings {
     /// A record of a guard whose owner died holding it, whose process has ended: the evidence of
     /// a leak that ended before the sweep came (its keeper ends its tree with its owner).
     fn push_ended(&mut self, path: PathBuf, record: Record) {
+        // Seen alive a moment ago by its markers (it ended since, by its keeper): one leak, whose
+        // evidence is this record.
+        if let Resource::Process { process, .. } = &record.resource {
+            let seen = self.targets.iter_mut().find(|t| t.process().is_some_and(|(id, _)| id == *process));
+            if let Some(Target::Process { record: slot @ None, .. }) = seen {
+                *slot = Some((path, record));
+                return;
+            }
+        }
         let mut leak = evidence_leak(&record, &self.clock, Action::AlreadyGone);
         leak.detail = Some(match &record.resource {
             Resource::Process { contained: Some(ledger::Contained::Keeper { .. }), .. } => {
