@@ -160,11 +160,19 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         quote!(::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| __reapkit_body(#argument))))
     };
-    // `#[tokio::test]` above us built this body around a runtime. The first runtime with
-    // signals enabled opens tokio's process-wide signal socket pair, open until the process
-    // exits: a throw-away runtime before the FD baseline makes it part of the baseline.
-    let warm_up = (sig.asyncness.is_none() && builds_a_tokio_runtime(block.to_token_stream()))
-        .then(|| quote!(drop(::tokio::runtime::Builder::new_current_thread().enable_all().build());));
+    // `#[tokio::test]` above us built this body around a runtime, or below us will. The first
+    // runtime with signals enabled opens tokio's process-wide signal socket pair, open until the
+    // process exits: a throw-away runtime before the first scope, noted as the process's own.
+    let with_tokio = if sig.asyncness.is_none() {
+        builds_a_tokio_runtime(block.to_token_stream())
+    } else {
+        attrs.iter().any(|a| a.path().segments.first().is_some_and(|s| s.ident == "tokio") && is_test_attribute(a))
+    };
+    let warm_up = with_tokio.then(|| {
+        quote!(::reapkit::__private::tokio_warm_up(|| {
+            drop(::tokio::runtime::Builder::new_current_thread().enable_all().build())
+        });)
+    });
     let mut outer = sig.clone();
     outer.inputs = Default::default();
 

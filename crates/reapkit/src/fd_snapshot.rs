@@ -121,9 +121,25 @@ pub(crate) fn note_process_lifetime<'a>(fds: impl Iterator<Item = &'a Fd>) {
     }
 }
 
-/// Whether `fd` is one of those.
+/// Whether `fd` is reapkit's own or a library's, never a test's leak: one of those, or a listing
+/// of this process's FD table (`/proc/<pid>/fd`) that an FD check on another thread holds for
+/// the moment it reads it.
 pub(crate) fn is_process_lifetime(fd: &Fd) -> bool {
-    process_lifetime().contains(fd)
+    fd.target == format!("/proc/{}/fd", std::process::id()) || process_lifetime().contains(fd)
+}
+
+/// Runs `init` — library code that opens descriptors once per process and keeps them until it
+/// exits, such as the first tokio runtime with signals, which opens tokio's process-wide signal
+/// socket pair — and notes the sockets it left open as the process's own. Once per process:
+/// only the first run opens them.
+pub(crate) fn note_opened_once(init: impl FnOnce()) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let before = FdSnapshot::capture().ok();
+        init();
+        let opened = before.and_then(|b| b.diff_now().ok()).map(|d| d.opened).unwrap_or_default();
+        note_process_lifetime(opened.iter().filter(|fd| fd.kind == FdKind::Socket));
+    });
 }
 
 /// The open descriptor numbers of `pid`, without their targets: one `getdents` pass, about

@@ -475,7 +475,9 @@ fn wait_trees(trees: &[&mut Tree], runs: &mut [Run], deadline: Instant) {
         for (tree, run) in trees.iter().zip(runs.iter_mut()) {
             // Both, always: reading `cgroup.events` is also what re-arms its POLLPRI.
             let empty = tree_is_empty(tree);
-            run.done = run.done || (empty && tree.leader.has_exited());
+            // Members of a cgroup's tree that left it are waited for by their pidfds.
+            let left_gone = !matches!(tree.holder, Holder::Cgroup(_)) || run.members.iter().all(Member::has_exited);
+            run.done = run.done || (empty && left_gone && tree.leader.has_exited());
         }
         if Instant::now() >= deadline {
             return;
@@ -485,10 +487,10 @@ fn wait_trees(trees: &[&mut Tree], runs: &mut [Run], deadline: Instant) {
             if !tree.leader.has_exited() {
                 fds.push((tree.leader.handle.fd(), libc::POLLIN));
             }
-            match &tree.holder {
-                Holder::Cgroup(cg) => fds.push((cg.events_fd(), libc::POLLPRI)),
-                _ => fds.extend(run.members.iter().filter(|m| !m.has_exited()).map(|m| (m.handle.fd(), libc::POLLIN))),
+            if let Holder::Cgroup(cg) = &tree.holder {
+                fds.push((cg.events_fd(), libc::POLLPRI));
             }
+            fds.extend(run.members.iter().filter(|m| !m.has_exited()).map(|m| (m.handle.fd(), libc::POLLIN)));
         }
         if fds.is_empty() || os::poll_for(&fds, deadline).is_empty() {
             return;
@@ -594,8 +596,12 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
 /// What of the tree is still alive after SIGKILL, in words: never silently dropped.
 fn survivors(tree: &Tree, run: &Run) -> Vec<String> {
     let alive: Vec<ProcId> = match &tree.holder {
-        Holder::Cgroup(cg) if !cg.is_empty() => cg.members().into_iter().filter_map(ProcId::of).collect(),
-        Holder::Cgroup(_) => Vec::new(),
+        Holder::Cgroup(cg) => {
+            let members = if cg.is_empty() { Vec::new() } else { cg.members() };
+            let left: Vec<ProcId> =
+                run.members.iter().filter(|m| !m.has_exited() && !members.contains(&m.id.pid)).map(|m| m.id).collect();
+            members.into_iter().filter_map(ProcId::of).chain(left).collect()
+        }
         Holder::Keeper(keeper) => live_descendants(keeper.id.pid).iter().map(|m| m.id).collect(),
         Holder::Marker { .. } => {
             run.members.iter().chain(&run.escapees).filter(|m| !m.has_exited()).map(|m| m.id).collect()
