@@ -471,3 +471,125 @@ fn a_keeper_dying_as_the_teardown_begins_never_leaves_its_server_running_under_a
         assert!(keeper_killed_first || report.is_clean(), "{report}");
     }
 }
+
+// ---------------------------------------------------------------- 5. a verdict about this project
+
+/// `reapkit reap` as the nextest setup script or `cargo xtask reap` runs it in a project whose
+/// ledger is `ledger`, for a user whose state (index, run logs) is in `state`.
+fn project_reap(ledger: &Path, state: &Path, extra: &[&str]) -> Swept {
+    let mut cmd = reapkit_cli();
+    clean_env(&mut cmd);
+    cmd.args(["reap", "--json", "--no-docker", "--grace", "200ms"])
+        .args(extra)
+        .env("REAPKIT_LEDGER_DIR", ledger)
+        .env("XDG_STATE_HOME", state);
+    within(Duration::from_secs(60), cmd).parsed()
+}
+
+#[test]
+fn another_projects_state_never_fails_or_blocks_this_projects_reap() {
+    let ours = Sandbox::new("verdict", "project_ours");
+    let theirs = Sandbox::new("verdict", "project_theirs");
+    let state = tempfile::tempdir().expect("this user's state");
+    // The other project: a leftover of a dead owner with its record, a FIFO where a record
+    // goes, a record of a PID namespace that is gone; all listed in this user's index.
+    let their_owner = dead_owner();
+    let mut their_leftover = Spawned::start(theirs.marked_sleep(&their_owner));
+    theirs.record("g-theirs", &their_owner, their_leftover.id);
+    mkfifo(&theirs.ledger.join("fifo.json"));
+    let mut gone_ns = theirs.record_of("g-gone-ns", &dead_owner(), ProcId { pid: 7, start_time: 1 });
+    gone_ns.owner.pidns += 1;
+    Entry::write(&theirs.ledger, &gone_ns).expect("written");
+    let index = state.path().join("reapkit/ledgers");
+    std::fs::create_dir_all(index.parent().expect("a parent")).expect("state dir");
+    std::fs::write(&index, format!("{}\n{}\n", ours.ledger.display(), theirs.ledger.display())).expect("index");
+
+    let swept = project_reap(&ours.ledger, state.path(), &[]);
+    swept.assert_code(0);
+    assert!(swept.leaks().is_empty() && swept.unchecked().is_empty(), "{swept}");
+    assert!(swept.stdout.contains("--all"), "it says how to judge the rest:\n{swept}");
+    their_leftover.assert_survived("another project's leftover, under this project's reap");
+    assert_eq!(project_reap(&ours.ledger, state.path(), &["--warn-only"]).code, 0);
+
+    // This project's own leftover is its verdict.
+    let owner = dead_owner();
+    let mut our_leftover = Spawned::start(ours.marked_sleep(&owner));
+    ours.record("g-ours", &owner, our_leftover.id);
+    let swept = project_reap(&ours.ledger, state.path(), &[]);
+    swept.assert_code(1);
+    assert_eq!(swept.leak_pids(), vec![i64::from(our_leftover.id.pid)], "{swept}");
+    our_leftover.assert_reaped("this project's leftover");
+    their_leftover.assert_survived("another project's leftover, under this project's reap");
+
+    // The whole machine, on request: the other project's state is judged, and its leftover reaped.
+    let swept = project_reap(&ours.ledger, state.path(), &["--all"]);
+    swept.assert_code(2);
+    assert!(swept.leak_pids().contains(&i64::from(their_leftover.id.pid)), "{swept}");
+    their_leftover.assert_reaped("the other project's leftover, under --all");
+    // --warn-only never stops a run, whatever it found (its report still says what).
+    let warned = project_reap(&ours.ledger, state.path(), &["--all", "--warn-only"]);
+    assert_eq!(warned.code, 0, "{warned}");
+    assert!(!warned.unchecked().is_empty(), "{warned}");
+}
+
+// ---------------------------------------------------------------- 6. smaller
+
+#[test]
+fn after_a_tests_whole_pid_namespace_is_killed_reap_reports_it_once_and_removes_its_cgroup() {
+    let sb = Sandbox::new("verdict", "namespace_killed");
+    let mut cmd = Command::new("unshare");
+    clean_env(&mut cmd);
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "sh",
+        "-c",
+        r#"exec "$0" --sleep 3600 --containment cgroup"#,
+    ])
+    .arg(leaky_owner())
+    .env("REAPKIT_LEDGER_DIR", &sb.ledger)
+    .env("REAPKIT_RUN_ID", &sb.run_id)
+    .env("REAPKIT_WATCHDOG", "off")
+    .env("NEXTEST_TEST_NAME", sb.test_name());
+    let mut ns = Piped::start(cmd);
+    let owner: reapkit::OwnerId = ns.ready[0].parse().expect("an owner id");
+    assert_ne!(owner.pidns, reapkit::OwnerId::of_self().expect("us").pidns, "precondition: its own namespace");
+    let cgroup = guard_cgroup(&sb.ledger);
+    let inside = reapkit::procfs::descendants(ns.child.id() as i32);
+    // The namespace's init dies with `unshare`: the kernel kills every process in it.
+    ns.child.kill().expect("SIGKILL our own child");
+    ns.child.wait().expect("reaped");
+    // Its init is re-parented to us (the subreaper): reaped here, as its parent would.
+    for id in &inside {
+        wait_until("the namespace's processes are gone", || exited(id).then_some(()));
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+
+    let swept = sb.reap(&[]);
+    swept.assert_code(1);
+    assert_eq!(swept.leaks()[0]["action"], "already-gone", "{swept}");
+    assert!(!cgroup.exists(), "its empty cgroup is removed:\n{swept}");
+    sb.reap(&[]).assert_code(0);
+}
+
+#[test]
+fn a_fork_storm_under_cgroup_containment_ends_within_the_term_grace_not_after_it() {
+    let token = token();
+    let mut cmd = reapkit_tests::fixture(&["--fork-storm", &token]);
+    cmd.stdin(std::process::Stdio::null());
+    let guard = reapkit::ProcessGuard::builder(cmd)
+        .containment(reapkit::Containment::Cgroup)
+        .eof_grace(Duration::ZERO)
+        .term_grace(Duration::from_secs(2))
+        .spawn()
+        .expect("spawns");
+    wait_until("the storm forks", || (by_token(&token).len() > 5).then_some(()));
+    let report = guard.shutdown();
+    assert!(report.is_clean(), "{report}");
+    // Every member got SIGTERM while the cgroup was frozen: none waited out the grace.
+    let term = report.step(reapkit::Step::Term).expect("SIGTERM ran");
+    assert!(term < Duration::from_millis(1500), "{report}");
+    assert!(by_token(&token).iter().all(exited));
+}

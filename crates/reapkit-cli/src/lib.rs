@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use reapkit::escape::evidence;
 use reapkit::supervise::{self, Supervision};
-use reapkit::sweep::{write_columns, Columns, DockerCheck, Leak, Report, Scope, Sweep, EXIT_CLEAN, EXIT_LEAKS};
+use reapkit::sweep::{write_columns, Columns, DockerCheck, Leak, Report, Scope, Sweep, EXIT_CLEAN};
 
 /// Where a sweep looks and how it ends things: shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -96,9 +96,15 @@ pub struct ReapArgs {
     /// Where to write the JSON report [default: <target dir>/reapkit-report.json]
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Exit 0 even if leaks were found (for a setup step that clears stale state)
+    /// Exit 0 even if leaks were found or something could not be checked, saying why (for a
+    /// setup step that clears stale state: it never stops the run)
     #[arg(long)]
     pub warn_only: bool,
+    /// Judge the whole machine: every ledger of this user (other projects' too) and every
+    /// leftover whose owner is dead. By default only this project's ledger (`<target dir>/reapkit`)
+    /// and what its records name are judged
+    #[arg(long)]
+    pub all: bool,
     /// Every column (RSS, FDs, threads, binary, owner, working directory), not 100 columns
     #[arg(long)]
     pub wide: bool,
@@ -112,7 +118,7 @@ pub struct PsArgs {
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
-    /// Everything of this user, not only this project's (its directory) and this run's
+    /// Everything of this user, not only this project's (its ledger and directory) and this run's
     #[arg(long)]
     pub all: bool,
     /// Every column (RSS, FDs, threads, binary, owner, working directory), not 100 columns
@@ -171,7 +177,7 @@ pub fn reap(args: &ReapArgs) -> Verdict {
 
 fn reap_code(args: &ReapArgs) -> Result<i32> {
     let scope = Scope::DeadOwners { run_id: args.run_id.clone() };
-    let mut sweep = args.sweep.sweep(scope);
+    let mut sweep = args.sweep.sweep(scope).all_projects(args.all);
     if let Some(age) = args.older_than {
         sweep = sweep.older_than(age);
     }
@@ -199,8 +205,8 @@ fn reap_code(args: &ReapArgs) -> Result<i32> {
     for problem in &problems {
         Out::stderr().line(&format!("reapkit: {problem}"));
     }
-    let code = if args.warn_only && report.exit_code == EXIT_LEAKS { EXIT_CLEAN } else { report.exit_code };
-    Ok(if problems.is_empty() { code } else { reapkit::sweep::EXIT_UNCHECKED })
+    let code = if problems.is_empty() { report.exit_code } else { reapkit::sweep::EXIT_UNCHECKED };
+    Ok(if args.warn_only { EXIT_CLEAN } else { code })
 }
 
 /// `reapkit ps`: everything tracked, alive or orphaned.
@@ -209,7 +215,7 @@ pub fn ps(args: &PsArgs) -> Verdict {
 }
 
 fn ps_code(args: &PsArgs) -> Result<i32> {
-    let mut report = args.sweep.sweep(Scope::Everything).find().report();
+    let mut report = args.sweep.sweep(Scope::Everything).all_projects(args.all).find().report();
     if !args.all {
         let (here, elsewhere): (Vec<Leak>, Vec<Leak>) = report.leaks.into_iter().partition(in_this_project);
         report.leaks = here;

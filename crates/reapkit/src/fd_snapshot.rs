@@ -128,17 +128,23 @@ pub(crate) fn is_process_lifetime(fd: &Fd) -> bool {
     fd.target == format!("/proc/{}/fd", std::process::id()) || process_lifetime().contains(fd)
 }
 
-/// Runs `init` — library code that opens descriptors once per process and keeps them until it
-/// exits, such as the first tokio runtime with signals, which opens tokio's process-wide signal
-/// socket pair — and notes the sockets it left open as the process's own. Once per process:
-/// only the first run opens them.
-pub(crate) fn note_opened_once(init: impl FnOnce()) {
+/// Runs `init` — a throw-away tokio runtime: where tokio has signals (its `process` or `signal`
+/// feature), the first runtime of a process opens tokio's process-wide signal socket pair,
+/// open until the process exits — and notes the pair it left open as the process's own. Once
+/// per process: only the first runtime opens it. Only a pair is noted: if other threads opened
+/// sockets meanwhile, none is, so that a test's leak is never hidden (a false alarm is then
+/// possible, a silent miss is not).
+pub(crate) fn note_tokio_signal_pair(init: impl FnOnce()) {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
         let before = FdSnapshot::capture().ok();
-        init();
+        // A runtime that cannot start (no descriptor left) is the test's own error to meet.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(init));
         let opened = before.and_then(|b| b.diff_now().ok()).map(|d| d.opened).unwrap_or_default();
-        note_process_lifetime(opened.iter().filter(|fd| fd.kind == FdKind::Socket));
+        let sockets: Vec<&Fd> = opened.iter().filter(|fd| fd.kind == FdKind::Socket).collect();
+        if sockets.len() == 2 {
+            note_process_lifetime(sockets.into_iter());
+        }
     });
 }
 

@@ -236,25 +236,33 @@ impl NsTable {
         let mut buf = Vec::with_capacity(2048);
         for pid in procfs::pids() {
             let Some(ns) = crate::os::pidns_of(&pid.to_string()) else {
-                // Gone in between, or not ours to read.
-                table.unreadable += usize::from(std::path::Path::new(&format!("/proc/{pid}")).exists());
+                // Gone in between, or not ours to read (a zombie has no namespace links any
+                // more; a sandbox's init may refuse even root). One whose `NSpid` has a single
+                // pid is in our own namespace: it hides no other one.
+                let ours = nspids(pid, &mut buf).is_some_and(|pids| pids.len() == 1);
+                let zombie = procfs::Stat::read(pid).is_ok_and(|s| s.is_zombie());
+                let exists = std::path::Path::new(&format!("/proc/{pid}")).exists();
+                table.unreadable += usize::from(exists && !zombie && !ours);
                 continue;
             };
             if ns == mine {
                 continue;
             }
-            if procfs::path(format_args!("{pid}/status")).and_then(|p| procfs::read_into(&p, &mut buf)).is_err() {
-                continue;
-            }
-            let inner = String::from_utf8_lossy(&buf)
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:")?.split_whitespace().last()?.parse::<i32>().ok());
-            if let Some(inner) = inner {
+            if let Some(inner) = nspids(pid, &mut buf).and_then(|pids| pids.last().copied()) {
                 table.by_ns.entry(ns).or_default().insert(inner, pid);
             }
         }
         table
     }
+}
+
+/// The pids of `pid` in each PID namespace it is in, from ours down to its own (`NSpid` of
+/// `/proc/<pid>/status`), read into `buf`.
+fn nspids(pid: i32, buf: &mut Vec<u8>) -> Option<Vec<i32>> {
+    procfs::path(format_args!("{pid}/status")).and_then(|p| procfs::read_into(&p, buf)).ok()?;
+    let text = String::from_utf8_lossy(buf);
+    let line = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().map(|p| p.parse().ok()).collect()
 }
 
 #[cfg(test)]

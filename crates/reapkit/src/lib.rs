@@ -198,6 +198,6 @@ pub mod __private {
     /// user's tokio) once per process, before the first scope, and notes the socket pair tokio
     /// keeps for the life of the process as the process's own.
     pub fn tokio_warm_up(init: impl FnOnce()) {
-        crate::fd_snapshot::note_opened_once(init);
+        crate::fd_snapshot::note_tokio_signal_pair(init);
     }
 }

@@ -28,11 +28,6 @@ fn entry() {
     if let Some(spec) = std::env::var_os(ENV_SHARED_SPEC) {
         crate::shared::keeper_main(spec);
     }
-    // tokio's signal socket pair, opened by the first runtime of a process where tokio has
-    // signals (its `process` or `signal` feature: reapkit's `rmcp` has it) and open until the
-    // process exits: opened now, before any test, it is the process's own.
-    #[cfg(any(feature = "docker", feature = "rmcp"))]
-    crate::fd_snapshot::note_opened_once(|| drop(tokio::runtime::Builder::new_current_thread().enable_io().build()));
     // What the process has before any test runs: what a shared test scope compares against.
     crate::scope::unpinned::take_baseline();
 }

@@ -302,10 +302,10 @@ pub(crate) fn holds_fd(fd: i32, target: &str) -> bool {
     guards().iter().any(|(g, _)| g.fds.iter().any(|h| h.is(fd, target)))
 }
 
-/// The tests whose slots are active, and `also` (a test that is just ending).
+/// The tests whose slots are active, and `also` (a test that is just ending; empty for none).
 pub(crate) fn active_tests(also: &str) -> Vec<String> {
     let mut tests: Vec<String> = active().iter().map(|s| s.test.clone()).collect();
-    if !tests.iter().any(|t| t == also) {
+    if !also.is_empty() && !tests.iter().any(|t| t == also) {
         tests.push(also.to_owned());
     }
     tests

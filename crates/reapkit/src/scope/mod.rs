@@ -206,6 +206,12 @@ impl ScopeBuilder {
             .map(|p| LeakPattern::parse(p).unwrap_or_else(|e| panic!("reapkit: bad allow pattern: {e}")))
             .collect();
         let test = self.name.as_deref().map_or_else(ownership::current_test_name, ownership::sanitized_test_name);
+        // reapkit's own tokio (features `docker`, `rmcp`): its signal socket pair, if tokio has
+        // signals, is opened before the first scope's baseline, as the process's own.
+        #[cfg(any(feature = "docker", feature = "rmcp"))]
+        crate::fd_snapshot::note_tokio_signal_pair(|| {
+            drop(tokio::runtime::Builder::new_current_thread().enable_io().build());
+        });
         let isolation = Isolation::detect(self.serialized);
         let alone = matches!(isolation, Isolation::OwnProcess | Isolation::OneThread);
         let shared = Arc::new(Slot::new(test, alone, self.eof_grace, self.term_grace));
@@ -214,11 +220,11 @@ impl ScopeBuilder {
         if !exact {
             unpinned::begin();
         }
-        if exact {
-            // Orphans of what the test starts then come to this process instead of PID 1: the
-            // children check sees them (`sh -c 'server &'`), and ends and reaps them.
-            ownership::become_subreaper();
-        }
+        // Orphans of what the test starts then come to this process instead of PID 1, whatever
+        // they did to their environment or session: the children check sees them (`sh -c
+        // 'server &'`), and ends them — at the test's end where it is alone in its process, at
+        // the binary's exit under `cargo test`'s threads.
+        ownership::become_subreaper();
         TestScope {
             shared,
             isolation,

@@ -142,6 +142,9 @@ fn push_object(
         host: label(LABEL_OWNER_HOST),
         supervisor: supervisor.as_ref(),
     };
+    if f.elsewhere(label(LABEL_GUARD), owner.as_ref(), &claim) {
+        return;
+    }
     let owner_health = match f.judge.verdict(&claim) {
         Verdict::Take(health) => health,
         Verdict::Leave => return,

@@ -106,6 +106,8 @@ pub struct Sweep {
     as_watchdog: bool,
     /// Cgroups (directory and id) the caller saw its guards make ([`proof`]).
     witnessed: Vec<(PathBuf, u64)>,
+    /// Every ledger of this user and every leftover on the machine, not only this project's.
+    all_projects: bool,
 }
 
 impl Sweep {
@@ -120,6 +122,7 @@ impl Sweep {
             grace: DEFAULT_GRACE,
             as_watchdog: false,
             witnessed: Vec::new(),
+            all_projects: false,
         }
     }
 
@@ -127,6 +130,16 @@ impl Sweep {
     /// `<target dir>/reapkit`).
     pub fn ledger_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.ledger_dir = Some(dir.into());
+        self
+    }
+
+    /// Judges the whole machine (`--all`): every ledger this user's guards wrote to (the index)
+    /// and every leftover whose owner is dead, whatever project it belongs to. By default a
+    /// sweep reads this project's ledger only ([`ledger::default_dir`], or the one given), and
+    /// one of dead owners of any run judges only what that ledger's records attribute to it —
+    /// their guards and owners — so that another project's state never fails this one's run.
+    pub fn all_projects(mut self, all: bool) -> Self {
+        self.all_projects = all;
         self
     }
 
@@ -180,14 +193,20 @@ impl Sweep {
 
     /// Reads the machine: ledger, `/proc`, Docker. Never signals anything.
     pub fn find(&self) -> Findings {
-        // The ledger asked for; else this project's and every one this user's guards wrote to.
+        // The ledger asked for; else this project's, and with `all_projects` every one this
+        // user's guards wrote to.
+        let default = ledger::default_dir();
+        let others: Vec<PathBuf> = match &self.ledger_dir {
+            Some(_) => Vec::new(),
+            None => ledger::index::read().into_iter().filter(|d| *d != default).collect(),
+        };
+        // A sweep scoped to a run or a supervised command reads them all: its scope is not a
+        // project, and no other project's leftover is in it.
+        let whole_machine = matches!(self.scope, Scope::DeadOwners { run_id: None } | Scope::Everything);
         let dirs: Vec<PathBuf> = match &self.ledger_dir {
             Some(dir) => vec![dir.clone()],
-            None => {
-                let default = ledger::default_dir();
-                let indexed = ledger::index::read().into_iter().filter(|d| *d != default);
-                std::iter::once(default.clone()).chain(indexed).collect()
-            }
+            None if self.all_projects || !whole_machine => std::iter::once(default).chain(others.clone()).collect(),
+            None => vec![default],
         };
         let dir = dirs[0].clone();
         let mut f = Findings {
@@ -206,6 +225,7 @@ impl Sweep {
             judge: Judge::new(self.scope.clone(), ownership::hostname()),
             stats: None,
             witnessed: self.witnessed.clone(),
+            project: None,
         };
         f.stats = f.run().and_then(|(run_id, owner)| RunStats::read(&run_stats::dir(), &run_id, owner.as_ref()));
         if let Err(why) = Viewpoint::current().usable() {
@@ -241,6 +261,15 @@ impl Sweep {
         }
         if self.ledger_dir.is_none() {
             f.notes.push(format!("read the ledgers: {}", read.join(", ")));
+            if !self.all_projects && whole_machine && !others.is_empty() {
+                f.notes.push(format!(
+                    "{} other ledgers of this user (other projects) were not read: `--all` reads them",
+                    others.len()
+                ));
+            }
+        }
+        if !self.all_projects && self.scope == (Scope::DeadOwners { run_id: None }) {
+            f.project = Some(Project::of(&contents.records));
         }
         for (path, reason) in &contents.unreadable {
             f.unchecked.push(format!(
@@ -307,6 +336,12 @@ impl Sweep {
         if let Some(min) = self.older_than {
             f.keep_older_than(min);
         }
+        if let Some(n) = f.project.as_ref().map(|p| p.elsewhere).filter(|&n| n > 0) {
+            f.notes.push(format!(
+                "{n} leftovers of other projects or runs (no record of this project's ledger names them) were left \
+                 alone: `reapkit reap --all` judges the whole machine"
+            ));
+        }
         f
     }
 
@@ -370,6 +405,31 @@ pub struct Findings {
     stats: Option<RunStats>,
     /// Cgroups the sweep's caller saw made ([`Sweep::witnessed`]).
     witnessed: Vec<(PathBuf, u64)>,
+    /// The project a sweep of dead owners of any run judges (not with `all_projects`).
+    project: Option<Project>,
+}
+
+/// What one project's ledger attributes to it: the guards and owners its records name. A sweep
+/// of this project judges only leftovers these claim; the rest are counted, never touched.
+#[derive(Debug, Default)]
+struct Project {
+    guards: std::collections::HashSet<String>,
+    owners: std::collections::HashSet<OwnerId>,
+    /// Leftovers found that belong to no record of this project.
+    elsewhere: usize,
+}
+
+impl Project {
+    fn of(records: &[(PathBuf, Record)]) -> Project {
+        let guards = records.iter().map(|(_, r)| r.guard.clone()).collect();
+        let owners = records.iter().map(|(_, r)| r.owner.clone()).collect();
+        Project { guards, owners, elsewhere: 0 }
+    }
+
+    /// Whether a leftover with this guard and owner is this project's.
+    fn claims(&self, guard: Option<&str>, owner: Option<&OwnerId>) -> bool {
+        guard.is_some_and(|g| self.guards.contains(g)) || owner.is_some_and(|o| self.owners.contains(o))
+    }
 }
 
 /// A ledger record as read by `find`, with where it lives: kept so that acting on it needs no
@@ -602,6 +662,19 @@ impl Findings {
         self.targets.push(Target::Process { id, markers, record });
     }
 
+    /// Whether a leftover claiming `guard` and `owner` is outside the project this sweep judges:
+    /// then it is left alone, and counted ([`Project::elsewhere`]) if the verdict on `claim` would
+    /// have taken it.
+    fn elsewhere(&mut self, guard: Option<&str>, owner: Option<&OwnerId>, claim: &Claim<'_>) -> bool {
+        if !self.project.as_ref().is_some_and(|p| !p.claims(guard, owner)) {
+            return false;
+        }
+        if matches!(self.judge.verdict(claim), Verdict::Take(_)) {
+            self.project.as_mut().expect("checked above").elsewhere += 1;
+        }
+        true
+    }
+
     /// A process found by its markers: judged by what they claim.
     fn push_marked(&mut self, id: ProcId, markers: Markers) {
         if let Some(why) = &markers.malformed {
@@ -617,6 +690,12 @@ impl Findings {
         }
         // Below a supervisor, ancestry decides (`push_descendants`), not what a process carries.
         if self.judge.tree.contains(&id.pid) {
+            return;
+        }
+        // Another project's (or a run whose records are gone): judged with `all_projects` only.
+        let owner = markers.watchdog_of.clone().or_else(|| markers.owner.clone());
+        let claim = if markers.is_watchdog() { Claim::default() } else { markers.claim() };
+        if self.elsewhere(markers.guard.as_deref(), owner.as_ref(), &claim) {
             return;
         }
         if markers.is_watchdog() {
@@ -843,7 +922,8 @@ impl Findings {
     fn push_unrecorded_cgroups(&mut self) {
         let considered =
             matches!(self.judge.scope, Scope::DeadOwners { run_id: None } | Scope::Owner(_) | Scope::Everything);
-        if !considered {
+        // No record of this project names them.
+        if !considered || self.project.is_some() {
             return;
         }
         for dir in crate::containment::cgroup::all_reapkit() {
