@@ -561,10 +561,16 @@ fn after_a_tests_whole_pid_namespace_is_killed_reap_reports_it_once_and_removes_
     // The namespace's init dies with `unshare`: the kernel kills every process in it.
     ns.child.kill().expect("SIGKILL our own child");
     ns.child.wait().expect("reaped");
-    // Its init is re-parented to us (the subreaper): reaped here, as its parent would.
+    // Its init is re-parented to us (the subreaper): reaped here, as its parent would; every
+    // process of the namespace is gone from the host's view, zombies included.
     for id in &inside {
-        wait_until("the namespace's processes are gone", || exited(id).then_some(()));
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        wait_until("the namespace's processes are gone", || {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(id.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            (!id.is_alive()).then_some(())
+        });
     }
 
     let swept = sb.reap(&[]);

@@ -666,7 +666,7 @@ impl Findings {
     /// then it is left alone, and counted ([`Project::elsewhere`]) if the verdict on `claim` would
     /// have taken it.
     fn elsewhere(&mut self, guard: Option<&str>, owner: Option<&OwnerId>, claim: &Claim<'_>) -> bool {
-        if !self.project.as_ref().is_some_and(|p| !p.claims(guard, owner)) {
+        if self.project.as_ref().is_none_or(|p| p.claims(guard, owner)) {
             return false;
         }
         if matches!(self.judge.verdict(claim), Verdict::Take(_)) {
