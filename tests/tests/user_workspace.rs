@@ -11,18 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use reapkit::{procfs, ProcId};
-use reapkit_tests::{is_zombie, real_server_argv};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate is in the workspace").to_path_buf()
-}
+use reapkit_tests::{is_zombie, user_cargo};
 
 fn workspace() -> PathBuf {
-    root().join("examples/user-workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/user-workspace")
 }
 
-/// `cargo <args>` in the user workspace, as a user runs it: none of this suite's runner or
-/// reapkit variables, the `reapkit` binary on PATH, its own target directory.
+/// `cargo <args>` in the user workspace, as a user runs it (see [`user_cargo`]).
 fn cargo(args: &[&str]) -> Output {
     cargo_with(args, &[])
 }
@@ -33,25 +28,8 @@ fn cargo_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
 }
 
 fn cargo_command(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    for (key, _) in std::env::vars_os() {
-        let key_text = key.to_string_lossy();
-        if key_text.starts_with("NEXTEST") || key_text.starts_with("REAPKIT_") || key_text.starts_with("RUST_TEST") {
-            cmd.env_remove(&key);
-        }
-    }
-    let bin = root().join("target/debug");
-    let path = std::env::join_paths(
-        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
-    .expect("a PATH");
-    cmd.args(args)
-        .current_dir(workspace())
-        .env("PATH", path)
-        .env("CARGO_TARGET_DIR", root().join("target/user-workspace"))
-        .env("MCP_SERVER_TIME", real_server_argv("REAPKIT_TEST_PY_TIME"))
-        .env("REAPKIT_REQUIRE_DOCKER", "1")
-        .envs(env.iter().copied());
+    let mut cmd = user_cargo(&workspace(), "user-workspace", args);
+    cmd.envs(env.iter().copied());
     cmd
 }
 

@@ -565,10 +565,8 @@ fn after_a_tests_whole_pid_namespace_is_killed_reap_reports_it_once_and_removes_
     // process of the namespace is gone from the host's view, zombies included.
     for id in &inside {
         wait_until("the namespace's processes are gone", || {
-            let _ = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(id.pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+            let _ =
+                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
             (!id.is_alive()).then_some(())
         });
     }

@@ -56,6 +56,7 @@ fn reap(args: &reapkit_cli::ReapArgs) -> Result<ExitCode> {
 }
 
 fn test(nextest_args: &[String]) -> Result<ExitCode> {
+    let started = reapkit::ProcId::of(std::process::id() as i32).map_or(0, |me| me.start_time);
     setup()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The portable backend, as the suite forces it on Linux and as macOS and FreeBSD build it:
@@ -74,19 +75,29 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     }
     // Doctests first (nextest does not run them), so nextest's summary closes the output.
     run(cargo().args(["test", "--package", "reapkit", "--features", "docker,rmcp-http", "--doc"]))?;
-    // The user workspace's tests are built now, so that running them later only runs them.
-    run(cargo()
-        .args(["build", "--tests", "--bins", "--manifest-path", "examples/user-workspace/Cargo.toml"])
-        .env("CARGO_TARGET_DIR", workspace_root().join("target/user-workspace")))?;
+    // The users' workspaces (the README's, and the false-alarm corpus) are built now, so that
+    // running them later only runs them.
+    for (workspace, target) in USER_WORKSPACES {
+        run(cargo()
+            .args(["build", "--tests", "--bins", "--manifest-path", &format!("{workspace}/Cargo.toml")])
+            .env("CARGO_TARGET_DIR", workspace_root().join("target").join(target)))?;
+    }
     // The set-up started an engine: a missing one is now a failure, not a skip.
     run(cargo()
-        .args(["nextest", "run", "--workspace", "--no-fail-fast", "-E", "not binary(user_workspace)"])
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "-E",
+            "not binary(user_workspace) and not binary(corpus)",
+        ])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
-    // A user's workspace, on its own: its nextest setup script reaps machine-wide, which must not
+    // The users' workspaces, on their own: their runs (and their setup scripts' reaps) must not
     // meet the leftovers the suite above makes on purpose.
     run(cargo()
-        .args(["nextest", "run", "--package", "reapkit-tests", "--test", "user_workspace"])
+        .args(["nextest", "run", "--package", "reapkit-tests", "--test", "user_workspace", "--test", "corpus"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
     // The fault matrix once more under each weaker containment this machine can also give (the
@@ -111,12 +122,56 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["--features", "portable", "--test", "portable", "--test", "fault_matrix", "--test", "fd_leak_suite"])
         .args(nextest_args)
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
-    // The CI step, as users run it: everything the suite leaked is reaped and fails the run.
+    // The CI step, as users run it: what this project's tests leaked is reaped and fails the run.
     eprintln!("xtask: running `cargo xtask reap` after the suite");
-    match Cli::parse_from(["xtask", "reap"]).task {
-        Task::Reap(args) => reap(&args),
+    let verdict = match Cli::parse_from(["xtask", "reap"]).task {
+        Task::Reap(args) => reap(&args)?,
         _ => unreachable!("parsed `reap`"),
+    };
+    // And nothing this run started is left, whatever ledger its tests used: judged by start
+    // time, never by a sweep of the machine (which may hold other projects' state).
+    let left = leftovers_since(started);
+    if !left.is_empty() {
+        bail!("the suite left {} behind:\n  {}", left.len(), left.join("\n  "));
     }
+    Ok(verdict)
+}
+
+/// The workspaces of users that the suite runs (`examples/<name>`), each with its target dir.
+const USER_WORKSPACES: [(&str, &str); 2] =
+    [("examples/user-workspace", "user-workspace"), ("examples/corpus", "corpus")];
+
+/// What started at or after `since` (a start time of this boot, in clock ticks) and is still
+/// there: processes carrying a reapkit marker, reapkit cgroups of guards whose owner started
+/// then, containers labelled `reapkit.*` created then.
+fn leftovers_since(since: u64) -> Vec<String> {
+    use reapkit::procfs::{self, MarkerScan};
+    let markers: [&[u8]; 3] = [b"REAPKIT_RUN_ID=", b"REAPKIT_GUARD=", b"REAPKIT_OWNER="];
+    let marked = |env: &[u8]| env.split(|&b| b == 0).any(|e| markers.iter().any(|m| e.starts_with(m)));
+    let mut left: Vec<String> = MarkerScan::new()
+        .find_matching(marked)
+        .into_iter()
+        .filter(|id| id.start_time >= since)
+        .map(|id| format!("process {} `{}`", id.pid, procfs::cmdline(id.pid)))
+        .collect();
+    for dir in reapkit::containment::reapkit_cgroups() {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let guard = name.strip_prefix("reapkit-").unwrap_or_default();
+        if reapkit::ownership::owner_of_guard(guard).is_some_and(|o| o.process.start_time >= since) {
+            left.push(format!("cgroup {}", dir.display()));
+        }
+    }
+    let started = humantime::format_rfc3339_seconds(procfs::BootClock::read().started(since)).to_string();
+    let format = "{{.ID}} {{.Label \"reapkit.created\"}}";
+    let listed =
+        Command::new("docker").args(["ps", "-a", "--filter", "label=reapkit.run-id", "--format", format]).output();
+    let listed = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for line in listed.lines() {
+        if line.split_once(' ').is_some_and(|(_, created)| created >= started.as_str()) {
+            left.push(format!("container {line}"));
+        }
+    }
+    left
 }
 
 /// reapkit at work, on the example user workspace and a test process that gets SIGKILLed.

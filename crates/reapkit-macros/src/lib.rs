@@ -162,27 +162,34 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     };
     // `#[tokio::test]` above us built this body around a runtime, or below us will. The first
     // runtime with signals enabled opens tokio's process-wide signal socket pair, open until the
-    // process exits: a throw-away runtime before the first scope, noted as the process's own.
+    // process exits: a throw-away runtime before any test, noted as the process's own.
     let with_tokio = if sig.asyncness.is_none() {
         builds_a_tokio_runtime(block.to_token_stream())
     } else {
         attrs.iter().any(|a| a.path().segments.first().is_some_and(|s| s.ident == "tokio") && is_test_attribute(a))
     };
+    // Before `main`, in a constructor of the test binary: whichever order the attributes are in,
+    // it then precedes every runtime of every test.
     let warm_up = with_tokio.then(|| {
-        quote!(::reapkit::__private::tokio_warm_up(|| {
-            drop(::tokio::runtime::Builder::new_current_thread().enable_all().build())
-        });)
+        quote! {
+            #[::reapkit::__private::ctor::ctor(unsafe, anonymous, crate_path = ::reapkit::__private::ctor)]
+            fn __reapkit_tokio_warm_up() {
+                ::reapkit::__private::tokio_warm_up(|| {
+                    drop(::tokio::runtime::Builder::new_current_thread().enable_all().build())
+                });
+            }
+        }
     });
     let mut outer = sig.clone();
     outer.inputs = Default::default();
 
     Ok(quote! {
+        #warm_up
         #test_attribute
         #(#attrs)*
         #vis #outer {
             #(#lint_attributes)*
             #asyncness fn __reapkit_body(#inputs) #output #block
-            #warm_up
             let __reapkit_scope = ::reapkit::TestScope::builder()
                 .name(::reapkit::__private::test_name(::core::module_path!(), #name_text))
                 .baseline(::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), #baseline))

@@ -191,11 +191,13 @@ fn unsupported_hint() -> &'static str {
     }
 }
 
-/// Reports a problem where the user will see it: through `tracing` when a subscriber is
-/// installed, else on stderr (which the test harness shows for failed tests). For what `Drop`
-/// and background work cannot return.
+/// Reports a problem where the user will see it: through `tracing` when a subscriber is this
+/// thread's default now, else on stderr (which the test harness shows for failed tests). For
+/// what `Drop` and background work cannot return. ("A subscriber was ever set" is not enough:
+/// a test's scoped one is gone when another thread, or the exit check, reports.)
 pub(crate) fn warn(message: &str) {
-    if tracing::dispatcher::has_been_set() {
+    let subscribed = tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>());
+    if subscribed {
         tracing::warn!("{message}");
     } else {
         eprintln!("{message}");

@@ -193,10 +193,11 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::scope::{conclude, test_name, CatchUnwind};
+    pub use ctor;
 
     /// `#[reapkit::test]` with `#[tokio::test]`: runs `init` (a throw-away runtime of the
-    /// user's tokio) once per process, before the first scope, and notes the socket pair tokio
-    /// keeps for the life of the process as the process's own.
+    /// user's tokio) once per process, in a constructor before `main`, and notes the socket pair
+    /// tokio keeps for the life of the process as the process's own.
     pub fn tokio_warm_up(init: impl FnOnce()) {
         crate::fd_snapshot::note_tokio_signal_pair(init);
     }

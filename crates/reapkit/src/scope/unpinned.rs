@@ -132,7 +132,10 @@ fn check() -> String {
                 // Read again now: when it was first seen it may have been still in exec.
                 let now = procfs::cmdline(id.pid);
                 let cmd = if now.is_empty() { seen_as.clone() } else { now };
-                let alive = id.is_alive() && !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie());
+                // reapkit's own (a watchdog) may have been seen before it was noted as such.
+                let alive = id.is_alive()
+                    && !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie())
+                    && !registry::is_ours(id.pid);
                 (alive, format!("child pid {} `{cmd}`: killed with its descendants", id.pid))
             }
             Seen::Fd(fd, target, desc) => {

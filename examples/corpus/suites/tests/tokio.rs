@@ -50,8 +50,8 @@ async fn a_guarded_server_ends_inside_the_runtime() {
 #[tokio::test]
 #[reapkit::test]
 async fn leaks_on_purpose_a_child_it_never_awaits() {
-    if common::leak() {
-        let child = tokio::process::Command::new("sleep").arg("3600").spawn().expect("sleep starts");
+    if let Some(token) = common::leak() {
+        let child = tokio::process::Command::new("sleep").arg(token).spawn().expect("sleep starts");
         std::mem::forget(child);
     }
 }

@@ -1,8 +1,9 @@
 //! What the suites share: the deliberate-leak switch and the real MCP server.
 
-/// `CORPUS_LEAK=1`: each suite's `leaks_on_purpose_*` test leaks, as a user's mistake would.
-pub fn leak() -> bool {
-    std::env::var_os("CORPUS_LEAK").is_some()
+/// `CORPUS_LEAK=<token>`: each suite's `leaks_on_purpose_*` test leaks, as a user's mistake
+/// would (a child it leaks sleeps on the token, for the runner to find it afterwards).
+pub fn leak() -> Option<String> {
+    std::env::var("CORPUS_LEAK").ok()
 }
 
 /// The real MCP server (`mcp-server-time`, PyPI) whose argv `MCP_SERVER_TIME` holds.
