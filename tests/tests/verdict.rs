@@ -597,3 +597,32 @@ fn a_fork_storm_under_cgroup_containment_ends_within_the_term_grace_not_after_it
     assert!(term < Duration::from_millis(1500), "{report}");
     assert!(by_token(&token).iter().all(exited));
 }
+
+#[test]
+fn an_engine_that_did_not_answer_is_not_waited_for_again_on_the_next_run() {
+    let sb = Sandbox::new("verdict", "silent_engine");
+    let state = tempfile::tempdir().expect("this user's state");
+    // An engine that accepts a connection (the kernel does, from the backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let engine = format!("tcp://{}", silent.local_addr().expect("address"));
+    let mut record = sb.record_of("g-container", &dead_owner(), ProcId { pid: 1, start_time: 1 });
+    record.resource =
+        Resource::Container { id: "c1".into(), image: "x".into(), docker_host: engine.clone(), networks: vec![] };
+    Entry::write(&sb.ledger, &record).expect("written");
+    let reap = || {
+        let mut cmd = reapkit_cli();
+        clean_env(&mut cmd);
+        cmd.args(["reap", "--json", "--docker-timeout", "2s", "--ledger-dir"])
+            .arg(&sb.ledger)
+            .env("XDG_STATE_HOME", state.path());
+        within(Duration::from_secs(60), cmd).parsed()
+    };
+
+    let first = reap();
+    first.assert_code(2);
+    assert!(first.took >= Duration::from_secs(2), "it waited for the engine once:\n{first}");
+    let second = reap();
+    second.assert_code(2);
+    assert!(second.took < Duration::from_secs(1), "not again:\n{second}");
+    assert!(second.unchecked_about(&engine).contains("not asked again"), "{second}");
+}

@@ -5,7 +5,7 @@
 //! sweep unchecked (exit 2), never stuck.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::query_parameters::{
@@ -68,11 +68,37 @@ pub(super) fn find(sweep: &Sweep, records: Vec<(PathBuf, Record)>, f: &mut Findi
         let why = if sweep.docker == DockerCheck::Off { "--no-docker" } else { "--docker-host names another engine" };
         f.notes.push(format!("Docker not checked ({why}): {left_alone} container records left alone"));
     }
+    // An engine that did not answer lately is not waited for again on every run; the one
+    // `--docker-host` names is always asked.
+    let mut silent = SilentEngines::read();
+    let asked_for = match &sweep.docker {
+        DockerCheck::Host(h) | DockerCheck::HostAndRecords(h) => Some(h.clone()),
+        _ => None,
+    };
+    hosts.retain(|host| match silent.since(host).filter(|_| asked_for.as_ref() != Some(host)) {
+        Some(at) => {
+            f.unchecked.push(format!(
+                "the Docker engine {host} did not answer at {at}: not asked again for {SILENT_FOR:?} (ask it now \
+                 with --docker-host {host}, or skip Docker with --no-docker)",
+                at = humantime::format_rfc3339_seconds(at)
+            ));
+            false
+        }
+        None => true,
+    });
     let mut records = records;
-    for (host, listed) in list_all(hosts, sweep.docker_timeout) {
-        let listed = match listed {
-            Ok(listed) => listed,
-            Err(e) => {
+    for (host, answer) in list_all(hosts, sweep.docker_timeout) {
+        let listed = match answer {
+            Answer::Listed(listed) => {
+                silent.answered(&host);
+                listed
+            }
+            Answer::Silent(e) => {
+                silent.silent(&host);
+                f.unchecked.push(format!("{e}. Or pass --no-docker to skip Docker"));
+                continue;
+            }
+            Answer::Failed(e) => {
                 f.unchecked.push(format!("{e}. Or pass --no-docker to skip Docker"));
                 continue;
             }
@@ -186,9 +212,75 @@ fn push_object(
     f.targets.push(Target::Docker(Object { host: host.to_owned(), kind, id, record }));
 }
 
+/// How long an engine that did not answer is not asked again.
+const SILENT_FOR: Duration = Duration::from_secs(3600);
+
+/// The engines that did not answer a sweep lately, in this user's state
+/// (`$XDG_STATE_HOME/reapkit/silent-engines`, one `<unix seconds> <host>` per line): a sweep
+/// skips them for [`SILENT_FOR`] instead of waiting out its deadline on every run. Hostile input
+/// like every file reapkit reads: bounded, and a line that does not parse is dropped.
+struct SilentEngines {
+    entries: Vec<(u64, String)>,
+    changed: bool,
+}
+
+impl SilentEngines {
+    fn path() -> PathBuf {
+        crate::ledger::index::path().with_file_name("silent-engines")
+    }
+
+    fn read() -> SilentEngines {
+        let text = crate::safe_fs::read_bounded(&Self::path(), 64 << 10).unwrap_or_default();
+        let entries = String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| l.split_once(' ').and_then(|(t, h)| Some((t.parse().ok()?, h.to_owned()))))
+            .collect();
+        SilentEngines { entries, changed: false }
+    }
+
+    /// When `host` last did not answer, if within [`SILENT_FOR`].
+    fn since(&self, host: &str) -> Option<std::time::SystemTime> {
+        let (at, _) = self.entries.iter().find(|(_, h)| h == host)?;
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(*at);
+        (at.elapsed().unwrap_or_default() < SILENT_FOR).then_some(at)
+    }
+
+    fn silent(&mut self, host: &str) {
+        self.answered(host);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.entries.push((now.as_secs(), host.to_owned()));
+        self.changed = true;
+    }
+
+    fn answered(&mut self, host: &str) {
+        let before = self.entries.len();
+        self.entries.retain(|(_, h)| h != host);
+        self.changed |= self.entries.len() != before;
+    }
+}
+
+impl Drop for SilentEngines {
+    fn drop(&mut self) {
+        if self.changed {
+            let body: String = self.entries.iter().map(|(t, h)| format!("{t} {h}\n")).collect();
+            let _ = std::fs::create_dir_all(Self::path().parent().unwrap_or(Path::new("/")));
+            let _ = crate::safe_fs::write_atomic(&Self::path(), body.as_bytes());
+        }
+    }
+}
+
+/// What an engine said to a listing.
+enum Answer {
+    Listed(Vec<Listed>),
+    /// It answered with an error (refused, not an engine): quick, so asked again next time.
+    Failed(crate::Error),
+    /// It did not answer within the deadline.
+    Silent(crate::Error),
+}
+
 /// Lists every engine in `hosts` concurrently, each on a thread of its own, and collects what
 /// answered within `timeout`; an engine that did not is an error of its own, not a wait.
-fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Result<Vec<Listed>>)> {
+fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Answer)> {
     let deadline = std::time::Instant::now() + timeout;
     let (tx, rx) = std::sync::mpsc::channel();
     for host in &hosts {
@@ -196,15 +288,15 @@ fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Result<Vec<Li
         let started = std::thread::Builder::new().name("reapkit-sweep-docker".into()).spawn(move || {
             let listed =
                 Engine::get_within(Some(&name), timeout).and_then(|e| e.run(timeout, "listing reapkit objects", list));
-            let _ = sender.send((name, listed));
+            let _ = sender.send((name, listed.map_or_else(Answer::Failed, Answer::Listed)));
         });
         if let Err(e) = started {
             let reason = format!("could not start a thread to ask it: {e}");
-            let _ = tx.send((host.clone(), Err(crate::Error::Docker { context: "listing".into(), reason })));
+            let _ = tx.send((host.clone(), Answer::Failed(crate::Error::Docker { context: "listing".into(), reason })));
         }
     }
     drop(tx);
-    let mut answers: Vec<(String, Result<Vec<Listed>>)> = Vec::new();
+    let mut answers: Vec<(String, Answer)> = Vec::new();
     while answers.len() < hosts.len() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
@@ -215,7 +307,7 @@ fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Result<Vec<Li
     for host in hosts {
         if !answers.iter().any(|(h, _)| *h == host) {
             let reason = format!("no answer within {timeout:?} (every engine was asked at once)");
-            answers.push((host.clone(), Err(crate::Error::DockerUnreachable { host, reason })));
+            answers.push((host.clone(), Answer::Silent(crate::Error::DockerUnreachable { host, reason })));
         }
     }
     answers
