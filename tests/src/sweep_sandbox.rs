@@ -114,6 +114,21 @@ impl Sandbox {
         cmd
     }
 
+    /// `leaky-owner` (as `$0`) run by `sh -c script` as the second process of a new PID namespace
+    /// (`unshare --pid --fork --mount-proc --kill-child`), a test of this sandbox's run with its
+    /// ledger and no watchdog.
+    pub fn in_pid_namespace(&self, script: &str) -> Command {
+        let mut cmd = Command::new("unshare");
+        clean_env(&mut cmd);
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", script])
+            .arg(leaky_owner())
+            .env("REAPKIT_LEDGER_DIR", &self.ledger)
+            .env("REAPKIT_RUN_ID", &self.run_id)
+            .env("REAPKIT_WATCHDOG", "off")
+            .env("NEXTEST_TEST_NAME", &self.test);
+        cmd
+    }
+
     /// Runs `reapkit reap --json --no-docker` scoped to this test, with `extra` options.
     pub fn reap(&self, extra: &[&str]) -> Swept {
         Swept::run(self.reap_cmd(&[&["--json", "--no-docker"], extra].concat()))

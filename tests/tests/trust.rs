@@ -24,22 +24,7 @@ use reapkit_tests::{dead_owner, is_zombie, live_owner, reapkit_cli, wait_until};
 fn a_host_sweep_leaves_a_live_test_in_another_pid_namespace_alone_and_reaps_it_once_its_owner_is_dead() {
     let sb = Sandbox::new("trust", "pid_namespace");
     // The owner is not the namespace's init (whose death would end the namespace): `sh` is.
-    let mut cmd = Command::new("unshare");
-    clean_env(&mut cmd);
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        "-c",
-        r#""$0" --sleep 1931 --forget-on-eof; exec sleep 3600"#,
-    ])
-    .arg(leaky_owner())
-    .env("REAPKIT_LEDGER_DIR", &sb.ledger)
-    .env("REAPKIT_RUN_ID", &sb.run_id)
-    .env("REAPKIT_WATCHDOG", "off")
-    .env("NEXTEST_TEST_NAME", sb.test_name());
+    let cmd = sb.in_pid_namespace(r#""$0" --sleep 1931 --forget-on-eof; exec sleep 3600"#);
     let mut ns = Piped::start(cmd);
     let owner: OwnerId = ns.ready[0].parse().expect("an owner id");
     let mine = live_owner();

@@ -98,10 +98,13 @@ fn leaky(sb: &Sandbox, flags: &[&str]) -> Command {
     cmd
 }
 
-/// The watchdog of `owner`, once it is up.
-fn watchdog_of(owner: &str) -> ProcId {
-    let marker = format!("REAPKIT_WATCHDOG_OWNER={owner}");
-    wait_until("the watchdog is up", || MarkerScan::new().find(&marker).first().copied())
+/// SIGKILLs `owner` (a `leaky-owner` that holds guards) and returns once its watchdog is done.
+fn kill_and_wait_for_the_watchdog(owner: &mut Piped) {
+    let marker = format!("REAPKIT_WATCHDOG_OWNER={}", owner.ready[0]);
+    let watchdog = wait_until("the watchdog is up", || MarkerScan::new().find(&marker).first().copied());
+    owner.child.kill().expect("SIGKILL our own child");
+    owner.child.wait().expect("reaped");
+    wait_exit(watchdog, "the watchdog, done with its owner's leftovers");
 }
 
 /// `pids` as the ready line of `leaky-owner` gives them (`12,34`).
@@ -115,11 +118,8 @@ fn a_test_process_killed_under_keeper_containment_leaves_its_evidence_for_reap()
     let mut owner = Piped::start(leaky(&sb, &["--sleep", "3600", "--containment", "keeper"]));
     assert_eq!(owner.ready[3], "keeper", "precondition: the guard has a keeper");
     let sleep = pids(&owner.ready[2])[0];
-    let watchdog = watchdog_of(&owner.ready[0]);
 
-    owner.child.kill().expect("SIGKILL our own child");
-    owner.child.wait().expect("reaped");
-    wait_exit(watchdog, "the watchdog, done with its owner's leftovers");
+    kill_and_wait_for_the_watchdog(&mut owner);
     assert!(exited(&sleep), "the keeper ended the tree with its owner");
 
     let swept = sb.reap(&[]);
@@ -134,22 +134,29 @@ fn a_test_process_killed_under_keeper_containment_leaves_its_evidence_for_reap()
     sb.reap(&[]).assert_code(0);
 }
 
+/// `reapkit run` of a command that passes although its test process — `leaky-owner` with
+/// `flags`, its ready line written to `ready` — was SIGKILLed holding its guards.
+fn run_whose_test_process_is_killed(sb: &Sandbox, flags: &[&str], ready: &Path) -> Swept {
+    let script = r#"out=$1; shift; "$0" "$@" > "$out" & until grep -q ready "$out"; do sleep 0.02; done
+        sleep 0.2; kill -9 $!; wait $!; exit 0"#;
+    let mut run = reapkit_cli();
+    clean_env(&mut run);
+    run.args(["run", "--no-docker", "--grace", "200ms", "--run-id", &sb.run_id, "--report"])
+        .arg(&sb.report)
+        .args(["--", "sh", "-c", script])
+        .arg(leaky_owner())
+        .arg(ready)
+        .args(flags)
+        .env("REAPKIT_LEDGER_DIR", &sb.ledger)
+        .env("NEXTEST_TEST_NAME", sb.test_name());
+    within(Duration::from_secs(60), run)
+}
+
 #[test]
 fn run_reports_and_fails_on_what_the_watchdog_of_its_killed_test_process_reaped() {
     let sb = Sandbox::new("verdict", "run_watchdog_evidence");
     let out = tempfile::NamedTempFile::new().expect("a file for the ready line");
-    let mut run = reapkit_cli();
-    clean_env(&mut run);
-    // A command that passes although its test process was SIGKILLed holding a guard.
-    run.args(["run", "--no-docker", "--grace", "200ms", "--run-id", &sb.run_id, "--report"])
-        .arg(&sb.report)
-        .args(["--", "sh", "-c"])
-        .arg(r#""$0" --sleep 3600 > "$1" & until grep -q ready "$1"; do sleep 0.02; done; kill -9 $!; wait $!; exit 0"#)
-        .arg(leaky_owner())
-        .arg(out.path())
-        .env("REAPKIT_LEDGER_DIR", &sb.ledger)
-        .env("NEXTEST_TEST_NAME", sb.test_name());
-    let swept = within(Duration::from_secs(60), run);
+    let swept = run_whose_test_process_is_killed(&sb, &["--sleep", "3600"], out.path());
     let ready = std::fs::read_to_string(out.path()).expect("the ready line");
     let sleep: i64 = ready.split_whitespace().nth(3).and_then(|p| p.parse().ok()).expect("the guarded pid");
     assert_eq!(swept.code, 1, "the command passed, but its killed test process leaked:\n{swept}");
@@ -252,11 +259,8 @@ fn a_cgroup_named_like_a_dead_owners_guard_is_not_ended_by_its_watchdog() {
     let fake = MadeCgroup::new(real.with_file_name(format!("{name}-99")));
     let mut inside = strangers();
     let fake = fake.holding(&inside);
-    let watchdog = watchdog_of(&owner.ready[0]);
 
-    owner.child.kill().expect("SIGKILL our own child");
-    owner.child.wait().expect("reaped");
-    wait_exit(watchdog, "the watchdog");
+    kill_and_wait_for_the_watchdog(&mut owner);
     assert!(exited(&guarded), "the owner's real guard was ended by its watchdog");
     for p in &mut inside {
         p.assert_survived("a stranger in a cgroup that only has the name of the dead owner's guard");
@@ -307,11 +311,8 @@ fn a_stranger_moved_into_a_real_guards_cgroup_survives_the_watchdog_that_ends_th
     for p in &older {
         std::fs::write(cgroup.join("cgroup.procs"), p.id.pid.to_string()).expect("moved in");
     }
-    let watchdog = watchdog_of(&owner.ready[0]);
 
-    owner.child.kill().expect("SIGKILL our own child");
-    owner.child.wait().expect("reaped");
-    wait_exit(watchdog, "the watchdog");
+    kill_and_wait_for_the_watchdog(&mut owner);
     assert!(exited(&guarded), "the guard's own process was ended");
     for p in &mut older {
         p.assert_survived("a process older than the guard, moved into its cgroup");
@@ -372,16 +373,16 @@ fn a_member_that_leaves_its_cgroup_is_ended_by_ancestry_and_named_as_a_breach() 
     assert!(exited(&escapee), "ended as a descendant of its member: {report}");
 }
 
-#[test]
-fn an_escapee_that_left_its_cgroup_and_its_parent_is_named_and_the_scope_ends_it() {
+/// A guard of `containment` whose tree breaks out as `script` says, leaving an escapee only the
+/// next layer can end: the teardown names it and says `said`, never clean; the scope ends it.
+fn escapee_named_and_ended_by_the_scope(containment: reapkit::Containment, script: &str, said: &str) {
     let token = token();
-    let scope = reapkit::TestScope::builder().name("verdict::cgroup_escape").enter();
-    // ... and double-forks: re-parented to this process (the subreaper), outside the cgroup.
-    let script = r#"sh -c 'echo $$ > "$2" && exec env -i setsid sh -c "sleep $1 &"' sh "$1" "$2"; exec sleep 3600"#;
-    let guard = breaching(reapkit::Containment::Cgroup, script, &token);
+    let scope = reapkit::TestScope::builder().name(format!("verdict::escape_{containment}")).enter();
+    let guard = breaching(containment, script, &token);
     let escapee = sleeping_on(&token);
     let report = guard.shutdown();
     assert!(!report.is_clean(), "{report}");
+    assert!(report.to_string().contains(said), "{report}");
     assert!(report.problems.iter().any(|p| p.contains(&format!("pid {}", escapee.pid))), "named: {report}");
     let leaks = scope.finish().expect_err("the escapee is the test's leak").to_string();
     assert!(leaks.contains(&token), "{leaks}");
@@ -389,20 +390,17 @@ fn an_escapee_that_left_its_cgroup_and_its_parent_is_named_and_the_scope_ends_it
 }
 
 #[test]
+fn an_escapee_that_left_its_cgroup_and_its_parent_is_named_and_the_scope_ends_it() {
+    // ... and double-forks: re-parented to this process (the subreaper), outside the cgroup.
+    let script = r#"sh -c 'echo $$ > "$2" && exec env -i setsid sh -c "sleep $1 &"' sh "$1" "$2"; exec sleep 3600"#;
+    escapee_named_and_ended_by_the_scope(reapkit::Containment::Cgroup, script, "was adopted by this process");
+}
+
+#[test]
 fn a_keeper_killed_by_its_own_tree_is_a_broken_containment_and_the_scope_ends_the_escapee() {
-    let token = token();
-    let scope = reapkit::TestScope::builder().name("verdict::keeper_killed").enter();
     // The server kills its keeper (its parent), then escapes with a cleared environment.
     let script = r#"kill -9 $PPID; env -i setsid sh -c "sleep $1 &"; exec sleep 3600"#;
-    let guard = breaching(reapkit::Containment::Keeper, script, &token);
-    let escapee = sleeping_on(&token);
-    let report = guard.shutdown();
-    assert!(!report.is_clean(), "{report}");
-    assert!(report.to_string().contains("its keeper") && report.to_string().contains("died"), "{report}");
-    assert!(report.problems.iter().any(|p| p.contains(&format!("pid {}", escapee.pid))), "named: {report}");
-    let leaks = scope.finish().expect_err("the escapee is the test's leak").to_string();
-    assert!(leaks.contains(&token), "{leaks}");
-    assert!(exited(&escapee), "the scope ended it");
+    escapee_named_and_ended_by_the_scope(reapkit::Containment::Keeper, script, "its keeper");
 }
 
 #[test]
@@ -411,18 +409,7 @@ fn after_its_keeper_and_then_its_owner_are_killed_the_supervisor_ends_the_escape
     let token = token();
     let script = format!(r#"kill -9 $PPID; env -i setsid sh -c "sleep {token} &"; exec sleep 3600"#);
     let out = tempfile::NamedTempFile::new().expect("a file for the ready line");
-    let mut run = reapkit_cli();
-    clean_env(&mut run);
-    run.args(["run", "--no-docker", "--grace", "200ms", "--run-id", &sb.run_id, "--report"])
-        .arg(&sb.report)
-        .args(["--", "sh", "-c"])
-        .arg(r#""$0" --containment keeper --sh "$2" > "$1" & until grep -q ready "$1"; do sleep 0.02; done; sleep 0.2; kill -9 $!; wait $!; exit 0"#)
-        .arg(leaky_owner())
-        .arg(out.path())
-        .arg(&script)
-        .env("REAPKIT_LEDGER_DIR", &sb.ledger)
-        .env("NEXTEST_TEST_NAME", sb.test_name());
-    let swept = within(Duration::from_secs(60), run);
+    let swept = run_whose_test_process_is_killed(&sb, &["--containment", "keeper", "--sh", &script], out.path());
     assert_eq!(swept.code, 1, "{swept}");
     assert!(by_token(&token).iter().all(exited), "the escapee did not outlive the run:\n{swept}");
     let report = std::fs::read_to_string(&sb.report).expect("the report");
@@ -537,22 +524,7 @@ fn another_projects_state_never_fails_or_blocks_this_projects_reap() {
 #[test]
 fn after_a_tests_whole_pid_namespace_is_killed_reap_reports_it_once_and_removes_its_cgroup() {
     let sb = Sandbox::new("verdict", "namespace_killed");
-    let mut cmd = Command::new("unshare");
-    clean_env(&mut cmd);
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "sh",
-        "-c",
-        r#"exec "$0" --sleep 3600 --containment cgroup"#,
-    ])
-    .arg(leaky_owner())
-    .env("REAPKIT_LEDGER_DIR", &sb.ledger)
-    .env("REAPKIT_RUN_ID", &sb.run_id)
-    .env("REAPKIT_WATCHDOG", "off")
-    .env("NEXTEST_TEST_NAME", sb.test_name());
+    let cmd = sb.in_pid_namespace(r#"exec "$0" --sleep 3600 --containment cgroup"#);
     let mut ns = Piped::start(cmd);
     let owner: reapkit::OwnerId = ns.ready[0].parse().expect("an owner id");
     assert_ne!(owner.pidns, reapkit::OwnerId::of_self().expect("us").pidns, "precondition: its own namespace");

@@ -75,14 +75,7 @@ pub(super) fn begin() {
 /// decides whether it was a leak).
 pub(super) fn end(test: &str) {
     let Some(base) = BASELINE.get() else { return };
-    let me = std::process::id() as i32;
-    let running = registry::active_tests(test);
-    let mut new = Vec::new();
-    for pid in procfs::children(me).into_iter().filter(|p| !base.children.contains(p) && !registry::is_ours(*p)) {
-        if let Some(id) = ProcId::of(pid).filter(|id| !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie())) {
-            new.push(Seen::Child(id, procfs::cmdline(pid)));
-        }
-    }
+    let mut new = new_children(base);
     if let Ok(now) = FdSnapshot::capture() {
         for fd in
             now.fds().iter().filter(|fd| !base.fds.contains(&fd.fd) && !crate::fd_snapshot::is_process_lifetime(fd))
@@ -90,6 +83,23 @@ pub(super) fn end(test: &str) {
             new.push(Seen::Fd(fd.fd, fd.target.clone(), fd.to_string()));
         }
     }
+    note(new, registry::active_tests(test));
+}
+
+/// The children of this process that the baseline did not have, reapkit's own aside.
+fn new_children(base: &Baseline) -> Vec<Seen> {
+    let me = std::process::id() as i32;
+    procfs::children(me)
+        .into_iter()
+        .filter(|p| !base.children.contains(p) && !registry::is_ours(*p))
+        .filter_map(ProcId::of)
+        .filter(|id| !procfs::Stat::read(id.pid).is_ok_and(|s| s.is_zombie()))
+        .map(|id| Seen::Child(id, procfs::cmdline(id.pid)))
+        .collect()
+}
+
+/// Adds what was not seen yet, with the tests that were running.
+fn note(new: Vec<Seen>, running: Vec<String>) {
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     for s in new {
         if !seen.iter().any(|(k, _)| same(k, &s)) {
@@ -119,9 +129,12 @@ extern "C" fn at_exit() {
 
 /// The report of what leaked, empty if nothing; ends the leaked children.
 fn check() -> String {
-    // A test's last orphans may have come after the last scope ended: what is a child of this
-    // process now, and was not before any test ran, is seen too.
-    end("");
+    // A test's last orphans may have come after the last scope ended (re-parented here, the
+    // subreaper): a child of this process now that was not before any test ran is seen too. (A
+    // descriptor is not: one no scope saw open may be a plain test's, or a library's.)
+    if let Some(base) = BASELINE.get() {
+        note(new_children(base), registry::active_tests(""));
+    }
     let seen = std::mem::take(&mut *SEEN.lock().unwrap_or_else(|p| p.into_inner()));
     let open = FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
     let mut lines = Vec::new();

@@ -30,3 +30,23 @@ fn leaks_on_purpose_a_container_it_forgets() {
         std::mem::forget(container.expect("starts"));
     }
 }
+
+/// Tests that each start a server and a container, many at once: what reapkit holds meanwhile
+/// (its pipes, pidfds, engine connections, the FD listings of its checks) is never a test's leak.
+macro_rules! a_server_and_a_container {
+    ($($name:ident),*) => {$(
+        #[reapkit::test]
+        fn $name() {
+            let server = reapkit::ProcessGuard::spawn(std::process::Command::new("cat")).expect("cat starts");
+            let container = reapkit::Container::builder("reapkit-busybox:latest")
+                .cmd(["sleep", "1000"])
+                .network_mode("none")
+                .start()
+                .expect("starts");
+            drop(container);
+            assert!(server.shutdown().is_clean());
+        }
+    )*};
+}
+
+a_server_and_a_container!(guards_1, guards_2, guards_3, guards_4, guards_5, guards_6);

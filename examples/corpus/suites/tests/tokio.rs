@@ -55,3 +55,13 @@ async fn leaks_on_purpose_a_child_it_never_awaits() {
         std::mem::forget(child);
     }
 }
+
+#[reapkit::test]
+fn leaks_on_purpose_an_orphan_of_its_helper() {
+    if let Some(token) = common::leak() {
+        // A helper that double-forks a daemon with a cleared environment in a session of its own.
+        let script = format!("env -i setsid sh -c 'exec sleep {token}1 </dev/null >/dev/null 2>&1 &'");
+        let status = std::process::Command::new("sh").args(["-c", &script]).status().expect("sh runs");
+        assert!(status.success());
+    }
+}
