@@ -376,7 +376,7 @@ impl TestScope {
             ));
         }
         if !crate::os::PROC_TABLE {
-            self.end_undropped_groups(&undropped, &mut report);
+            self.end_undropped_groups(&undropped, &registered.ledger_dirs, &mut report);
         }
         fold_undropped(&mut report, &undropped);
         apply_acceptance(&mut report, &self.allow, &baseline, &checked);
@@ -467,11 +467,17 @@ impl TestScope {
 
     /// The portable backend's sweep finds no process: the groups of guards the test never
     /// dropped are ended here instead, by their leaders, our unreaped children.
-    fn end_undropped_groups(&self, undropped: &[registry::LiveGuard], report: &mut LeakReport) {
+    /// Their records go with them: the scope reports the leak, and no one else could prove it.
+    fn end_undropped_groups(&self, undropped: &[registry::LiveGuard], ledgers: &[PathBuf], report: &mut LeakReport) {
         let grace = self.shared.term_grace.unwrap_or(sweep::DEFAULT_GRACE);
         for guard in undropped {
             if let Some(pid) = guard.child.filter(|&pid| teardown::end_own_group(pid, grace)) {
                 report.leaks.push(ScopeLeak::group_ended(&guard.id, pid, &guard.what));
+                for dir in ledgers {
+                    if let Err(e) = crate::ledger::Entry::at(dir.join(format!("{}.json", guard.id))).remove() {
+                        report.problems.push(format!("could not remove the ledger record of guard {}: {e}", guard.id));
+                    }
+                }
             }
         }
     }
