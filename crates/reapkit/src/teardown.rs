@@ -450,11 +450,12 @@ fn left_the_cgroup(cg: &GuardCgroup, run: &mut Run) -> Vec<Member> {
     let mut leavers = Vec::new();
     for pid in &members {
         for d in procfs::descendants(*pid).into_iter().filter(|d| !members.contains(&d.pid)) {
-            if procfs::Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) {
+            // Gone, or still in the guard's cgroup (forked since the list was read): no leaver.
+            let Some(now) = cgroup::cgroup_of(d.pid) else { continue };
+            if cg.had(d.pid) || procfs::Stat::read(d.pid).is_ok_and(|s| s.is_zombie()) {
                 continue;
             }
             if !run.left.contains(&d) {
-                let now = cgroup::cgroup_of(d.pid).unwrap_or_else(|| "?".into());
                 run.problems.push(format!(
                     "containment broken: pid {} (`{}`) left the guard's cgroup for {now}; ended as a descendant of \
                      its member pid {pid}",

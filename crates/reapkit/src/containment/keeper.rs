@@ -131,6 +131,9 @@ pub(crate) fn server_of(keeper: &Member, guard: &str) -> Option<ProcId> {
     if let Some(server) = procfs::children(keeper.id.pid).into_iter().find_map(ProcId::of) {
         return Some(server);
     }
+    // No child: the keeper is dying (its server is about to be re-parented here), or it never
+    // had one and exits at once. Either way its exit is near; then the server, if any, is ours.
+    os::wait_readable(keeper.handle.fd(), os::deadline_in(KILL_WAIT));
     let marker = format!("{}={guard}", crate::ownership::ENV_GUARD);
     let mut scan = procfs::MarkerScan::new();
     procfs::children(std::process::id() as i32)
