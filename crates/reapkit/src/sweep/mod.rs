@@ -356,11 +356,21 @@ impl Sweep {
     /// to defer to: they are reaping right now. Returns whether there were any.
     fn wait_for_watchdogs(&self, marked: &[(ProcId, Markers)], judge: &mut Judge) -> bool {
         let mut working: Vec<Member> = Vec::new();
-        for (id, m) in marked {
+        // A supervisor's tree holds keepers of any uid (a test that switched uid), which the
+        // marker scan (our uid) does not show: their markers are read one by one.
+        let below: Vec<(ProcId, Markers)> = judge
+            .tree
+            .iter()
+            .filter(|pid| !marked.iter().any(|(id, _)| id.pid == **pid))
+            .filter_map(|&pid| Some((ProcId::of(pid)?, processes::markers_of(pid))))
+            .filter(|(_, m)| m.keeper)
+            .collect();
+        for (id, m) in marked.iter().chain(&below) {
             let Some(owner) = m.guardian_of().filter(|_| m.malformed.is_none()) else { continue };
             let in_scope = match &self.scope {
                 Scope::Run { .. } => judge.tree.contains(&id.pid),
-                Scope::Wrapped { .. } => m.shared.is_some() && judge.tree.contains(&id.pid),
+                // A keeper ending its tree because its owner died, or a fixture keeper its run.
+                Scope::Wrapped { .. } => (m.shared.is_some() || m.keeper) && judge.tree.contains(&id.pid),
                 _ => matches!(judge.verdict(&Claim { owner: Some(owner), ..m.claim() }), Verdict::Take(_)),
             };
             let owner_dead = judge.owner_health(owner, None) == Ok(OwnerHealth::Dead);
