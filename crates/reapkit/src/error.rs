@@ -1,5 +1,6 @@
 //! The library's error type. Every variant says what went wrong *and* what to do next.
 
+use crate::os::fd_limit_hint;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
@@ -129,43 +130,7 @@ impl Error {
     }
 }
 
-/// The soft and hard `RLIMIT_NOFILE`, as text.
-fn nofile_limit() -> (String, String) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into the valid pointer it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return ("?".into(), "?".into());
-    }
-    let show = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { "unlimited".to_owned() } else { v.to_string() };
-    (show(limit.rlim_cur), show(limit.rlim_max))
-}
-
-/// What to do when `e` is the descriptor limit (EMFILE: this process's; ENFILE: the system's):
-/// any other advice ("check the path", "fix its permissions") would send the user the wrong way.
-pub(crate) fn fd_limit_hint(e: &std::io::Error) -> Option<String> {
-    match e.raw_os_error()? {
-        libc::EMFILE => {
-            let (soft, hard) = nofile_limit();
-            Some(format!(
-                "This process has used up its file descriptor limit (EMFILE; `ulimit -n` is {soft}, the hard \
-                 limit {hard}). Something keeps descriptors open — a leaked guard holds its pipes, and \
-                 #[reapkit::test] names the leaked descriptors — or the limit is too low: raise it with \
-                 `ulimit -n 4096` in the shell that runs the tests (or setrlimit(RLIMIT_NOFILE))"
-            ))
-        }
-        libc::ENFILE => {
-            let max =
-                std::fs::read_to_string("/proc/sys/fs/file-max").map_or_else(|_| "?".into(), |m| m.trim().to_owned());
-            Some(format!(
-                "The system-wide file table is full (ENFILE; fs.file-max is {max}): some process on this machine \
-                 leaks descriptors. Find it (`ls /proc/*/fd | wc -l`, `reapkit ps`), or raise the limit \
-                 (`sysctl -w fs.file-max=…`)"
-            ))
-        }
-        _ => None,
-    }
-}
-
+/// `Debug` is `Display`: libtest prints a test's `Err` with `Debug`, and the fix must show.
 impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)

@@ -117,60 +117,46 @@ macro_rules! unix_only {
 }
 
 unix_only! {
-    mod budget;
-    pub mod capabilities;
-    #[cfg(feature = "docker")]
-    mod container;
-    pub mod containment;
-    #[cfg(feature = "docker")]
-    mod docker_engine;
+    // The layers, lowest first: a module imports only from its own layer or below
+    // (`tests/layers.rs` checks it). See ARCHITECTURE.md's code map.
     mod error;
-    pub mod escape;
-    mod fd_snapshot;
-    pub mod identity;
-    pub mod ledger;
-    pub mod listening;
-    #[cfg(feature = "mcp")]
-    mod mcp;
-    mod member;
-    #[cfg(feature = "async")]
-    mod offload;
     mod os;
-    pub mod ownership;
-    mod process;
-    pub mod procfs;
-    mod reexec;
-    mod safe_fs;
+    mod evidence;
+    pub mod containment;
     mod registry;
-    #[cfg(feature = "rmcp")]
-    pub mod rmcp;
-    pub mod run_stats;
+    mod guard;
+    pub mod sweep;
     pub mod scope;
     pub mod shared;
-    mod stderr_ring;
-    pub mod supervise;
-    pub mod sweep;
-    mod teardown;
-    mod watchdog;
+    #[cfg(feature = "rmcp")]
+    pub mod rmcp;
+    mod supervisor;
 
-    pub use budget::{Budget, BudgetUsage, BudgetWatch, Limit};
-    pub use capabilities::{capabilities, Capabilities, Concern, Guarantee};
+    // The public paths users write, whichever layer holds them.
+    pub use containment::capabilities;
+    pub use evidence::{escape, identity, ledger, ownership, run_stats};
+    pub use guard::listening;
+    pub use os::procfs;
+    pub use supervisor::supervise;
+
+    pub use guard::budget::{Budget, BudgetUsage, BudgetWatch, Limit};
+    pub use containment::capabilities::{capabilities, Capabilities, Concern, Guarantee};
     #[cfg(feature = "docker")]
-    pub use container::{
+    pub use guard::container::{
         Container, ContainerBuilder, ContainerTeardown, ExecOutput, Ready, DEFAULT_STOP_TIMEOUT, LABEL_CREATED,
         LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
     };
     pub use containment::Containment;
     #[cfg(feature = "docker")]
-    pub use docker_engine::DEFAULT_DOCKER_HOST;
+    pub use guard::docker_engine::DEFAULT_DOCKER_HOST;
     pub use error::{Error, Result};
-    pub use fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
-    pub use identity::OwnerId;
-    pub use listening::{Listen, ListenAddr, Listener};
+    pub use os::fd_snapshot::{Fd, FdDiff, FdKind, FdSnapshot};
+    pub use evidence::identity::OwnerId;
+    pub use guard::listening::{Listen, ListenAddr, Listener};
     #[cfg(feature = "mcp")]
-    pub use mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+    pub use guard::mcp::{McpBuilder, McpServer, ToolOutput, LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
     pub use os::{backend, Backend};
-    pub use process::{
+    pub use guard::process::{
         shutdown_all, Graces, ProcessBuilder, ProcessGuard, ProcessInfo, DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT,
         DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE,
     };
@@ -179,8 +165,8 @@ unix_only! {
     pub use run_stats::RunStats;
     pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
     pub use shared::{FixtureInfo, Shared, SharedFixture};
-    pub use teardown::{EndedBy, Step, Teardown};
-    pub use watchdog::DEFAULT_WATCHDOG_GRACE;
+    pub use guard::teardown::{EndedBy, Step, Teardown};
+    pub use supervisor::watchdog::DEFAULT_WATCHDOG_GRACE;
 }
 
 /// The README's examples, compiled (and run, where they need nothing from outside) as doctests.
@@ -199,6 +185,6 @@ pub mod __private {
     /// user's tokio) once per process, in a constructor before `main`, and notes the socket pair
     /// tokio keeps for the life of the process as the process's own.
     pub fn tokio_warm_up(init: impl FnOnce()) {
-        crate::fd_snapshot::note_tokio_signal_pair(init);
+        crate::os::fd_snapshot::note_tokio_signal_pair(init);
     }
 }

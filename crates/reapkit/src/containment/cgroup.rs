@@ -19,8 +19,7 @@ use std::time::Instant;
 
 use crate::os;
 
-/// The prefix of every cgroup reapkit creates; the rest is the guard's id.
-pub(crate) const PREFIX: &str = "reapkit-";
+pub(crate) use crate::evidence::ownership::CGROUP_PREFIX as PREFIX;
 
 /// Where this process's cgroup is in the cgroup2 hierarchy.
 #[derive(Debug)]
@@ -39,7 +38,7 @@ pub(crate) fn hierarchy() -> Result<&'static Hierarchy, &'static str> {
 }
 
 fn discover() -> Result<Hierarchy, String> {
-    let proc = |rest: &str| crate::procfs::path(format_args!("self/{rest}")).map_err(|e| e.to_string());
+    let proc = |rest: &str| crate::os::procfs::path(format_args!("self/{rest}")).map_err(|e| e.to_string());
     let mountinfo = std::fs::read_to_string(proc("mountinfo")?).map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     // `id parent maj:min root mount-point options ... - fstype source super-options`
     let (root, mount) = mountinfo
@@ -238,11 +237,7 @@ impl GuardCgroup {
     }
 }
 
-/// The cgroup2 path of `pid` (`/a/b`, relative to the mount's root), from `/proc/<pid>/cgroup`.
-pub(crate) fn cgroup_of(pid: i32) -> Option<String> {
-    let lines = crate::procfs::path(format_args!("{pid}/cgroup")).and_then(std::fs::read_to_string).ok()?;
-    lines.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
-}
+pub(crate) use crate::os::procfs::cgroup_of;
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
     for sub in subgroups(dir) {

@@ -23,17 +23,12 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
-use crate::identity::OwnerId;
-use crate::member::Member;
+use crate::evidence::identity::OwnerId;
+use crate::os::member::Member;
 use crate::os;
-use crate::ownership::{ENV_RUN_ID, ENV_TEST};
-use crate::procfs::{self, ProcId};
+use crate::evidence::ownership::{ENV_KEEPER, ENV_KEEPER_GUARD, ENV_RUN_ID, ENV_TEST};
+use crate::os::procfs::{self, ProcId};
 
-/// Set on a keeper only: the owner (an [`OwnerId`]) whose death makes it end its tree. What
-/// makes a re-executed test binary a keeper, and what tells sweeps a process is one.
-pub const ENV_KEEPER: &str = "REAPKIT_KEEPER";
-/// Set on a keeper only: the guard whose tree it keeps.
-pub const ENV_KEEPER_GUARD: &str = "REAPKIT_KEEPER_GUARD";
 /// The keeper's SIGTERM-to-SIGKILL grace when its owner dies (the guard's term grace).
 const ENV_KEEPER_GRACE: &str = "REAPKIT_KEEPER_GRACE";
 /// An argument no program understands: a binary whose constructor did not run exits at once.
@@ -134,7 +129,7 @@ pub(crate) fn server_of(keeper: &Member, guard: &str) -> Option<ProcId> {
     // No child: the keeper is dying (its server is about to be re-parented here), or it never
     // had one and exits at once. Either way its exit is near; then the server, if any, is ours.
     os::wait_readable(keeper.handle.fd(), os::deadline_in(KILL_WAIT));
-    let marker = format!("{}={guard}", crate::ownership::ENV_GUARD);
+    let marker = format!("{}={guard}", crate::evidence::ownership::ENV_GUARD);
     let mut scan = procfs::MarkerScan::new();
     procfs::children(std::process::id() as i32)
         .into_iter()

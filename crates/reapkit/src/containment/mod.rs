@@ -16,6 +16,7 @@
 //!
 //! The portable backend (`crate::os`) has only the third, without the scan: the process group.
 
+pub mod capabilities;
 pub(crate) mod cgroup;
 pub(crate) mod keeper;
 

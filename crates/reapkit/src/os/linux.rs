@@ -1,6 +1,6 @@
 //! The Linux backend: the system calls that neither `std` nor `nix` expose in a stable form
 //! (pidfds), or that only Linux has (eventfd, signalfd, `PR_SET_CHILD_SUBREAPER`,
-//! `close_range`, `SO_PEERCRED`). Process facts come from `/proc` ([`crate::procfs`]).
+//! `close_range`, `SO_PEERCRED`). Process facts come from `/proc` ([`crate::os::procfs`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -191,13 +191,13 @@ pub(crate) fn peer_of(conn: BorrowedFd<'_>) -> io::Result<Peer> {
 /// `pid`'s start time (field 22 of `/proc/<pid>/stat`, clock ticks after boot), or `None` if
 /// it does not exist.
 pub(crate) fn start_time(pid: i32) -> Option<u64> {
-    crate::procfs::Stat::read(pid).ok().map(|s| s.start_time)
+    crate::os::procfs::Stat::read(pid).ok().map(|s| s.start_time)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
 pub(crate) fn boot_id() -> Option<String> {
     let mut buf = Vec::with_capacity(64);
-    crate::procfs::read_into("/proc/sys/kernel/random/boot_id", &mut buf).ok()?;
+    crate::os::procfs::read_into("/proc/sys/kernel/random/boot_id", &mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf).trim().to_owned())
 }
 

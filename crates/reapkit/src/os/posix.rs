@@ -394,7 +394,7 @@ pub(crate) fn peer_of(_conn: BorrowedFd<'_>) -> io::Result<Peer> {
     ))
 }
 
-/// `pid`'s start time in microseconds since the epoch (see [`crate::procfs::BootClock`]), or
+/// `pid`'s start time in microseconds since the epoch (see [`crate::os::procfs::BootClock`]), or
 /// `None` if it does not exist. Where the OS keeps no start time, `Some(0)` for a live pid:
 /// then only our own unreaped children are told apart from a recycled pid.
 pub(crate) fn start_time(pid: i32) -> Option<u64> {
@@ -494,18 +494,18 @@ mod facts {
 #[cfg(target_os = "linux")]
 mod facts {
     pub(super) fn start_time(pid: i32) -> Option<u64> {
-        static BOOT: std::sync::OnceLock<crate::procfs::BootClock> = std::sync::OnceLock::new();
+        static BOOT: std::sync::OnceLock<crate::os::procfs::BootClock> = std::sync::OnceLock::new();
         let mut buf = Vec::with_capacity(512);
-        crate::procfs::read_into(&format!("/proc/{pid}/stat"), &mut buf).ok()?;
-        let ticks = crate::procfs::Stat::parse(&buf)?.start_time;
-        let boot = BOOT.get_or_init(crate::procfs::BootClock::read_linux);
+        crate::os::procfs::read_into(&format!("/proc/{pid}/stat"), &mut buf).ok()?;
+        let ticks = crate::os::procfs::Stat::parse(&buf)?.start_time;
+        let boot = BOOT.get_or_init(crate::os::procfs::BootClock::read_linux);
         let started = boot.started(ticks).duration_since(std::time::UNIX_EPOCH).ok()?;
         Some(started.as_micros() as u64)
     }
 
     pub(super) fn boot_id() -> Option<String> {
         let mut buf = Vec::with_capacity(64);
-        crate::procfs::read_into("/proc/sys/kernel/random/boot_id", &mut buf).ok()?;
+        crate::os::procfs::read_into("/proc/sys/kernel/random/boot_id", &mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf).trim().to_owned())
     }
 }

@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use super::transport::{ChildHandle, ChildTransport, GuardedChild};
 use crate::error::{Error, Result};
-use crate::mcp::McpBuilder;
-use crate::process::ProcessGuard;
-use crate::teardown::Teardown;
+use crate::guard::mcp::McpBuilder;
+use crate::guard::process::ProcessGuard;
+use crate::guard::teardown::Teardown;
 
 impl McpBuilder {
     /// [`start`](Self::start) as a future, through rmcp: spawns the server, then rmcp's

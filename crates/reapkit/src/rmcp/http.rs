@@ -15,8 +15,8 @@ use ::rmcp::ServiceExt;
 use super::client::{client_config, startup_failed, McpClient, Started};
 use super::transport::GuardedChild;
 use crate::error::Result;
-use crate::listening::{ListenAddr, Listener};
-use crate::mcp::McpBuilder;
+use crate::guard::listening::{ListenAddr, Listener};
+use crate::guard::mcp::McpBuilder;
 
 impl McpBuilder {
     /// Starts a server that speaks MCP over Streamable HTTP at `path` (`"/mcp"`) on the port its
@@ -45,7 +45,7 @@ impl McpBuilder {
         let program = process.program();
         let since = Instant::now();
         let process = process.for_http(startup_timeout);
-        let guard = crate::offload::offload(move || process.spawn())
+        let guard = crate::guard::offload::offload(move || process.spawn())
             .await
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         let listener = guard.listener().cloned();

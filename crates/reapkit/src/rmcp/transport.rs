@@ -19,8 +19,8 @@ use tokio::net::unix::pipe;
 
 use super::pipe::PipeEnd;
 use crate::error::{Error, Result};
-use crate::process::{ProcessBuilder, ProcessGuard};
-use crate::teardown::Teardown;
+use crate::guard::process::{ProcessBuilder, ProcessGuard};
+use crate::guard::teardown::Teardown;
 
 /// The command [`child`] starts: a `std` or Tokio `Command`, or a [`ProcessBuilder`] with
 /// graces, containment and the rest set.
@@ -171,9 +171,9 @@ impl Drop for ChildTransport {
 pub(super) struct GuardedChild {
     pid: i32,
     id: String,
-    containment: crate::Containment,
+    containment: crate::containment::Containment,
     /// The socket that made it ready, for a server that listens.
-    listener: Option<crate::Listener>,
+    listener: Option<crate::guard::listening::Listener>,
     state: Mutex<State>,
 }
 
@@ -221,7 +221,7 @@ impl GuardedChild {
     /// The teardown on a thread of its own, awaited.
     pub(super) async fn shutdown(self: Arc<Self>) -> Teardown {
         let end = move || self.end_with(|guard| drop(guard.teardown())).expect("a teardown that returned reported");
-        crate::offload::offload(end).await.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        crate::guard::offload::offload(end).await.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     pub(super) fn end_in_drop(&self) {
@@ -275,7 +275,7 @@ impl ChildHandle {
     }
 
     /// How the guard holds the server's tree.
-    pub fn containment(&self) -> crate::Containment {
+    pub fn containment(&self) -> crate::containment::Containment {
         self.child.containment
     }
 
@@ -286,7 +286,7 @@ impl ChildHandle {
 
     /// The socket its tree listened on when it became ready, for a server that listens
     /// ([`ProcessBuilder::listen`](crate::ProcessBuilder::listen)).
-    pub fn listener(&self) -> Option<&crate::Listener> {
+    pub fn listener(&self) -> Option<&crate::guard::listening::Listener> {
         self.child.listener.as_ref()
     }
 

@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::report::LeakKind;
 
 /// Where the macro looks for the baseline: `reapkit-leaks.txt` next to the crate's `Cargo.toml`.
 pub const BASELINE_FILE: &str = "reapkit-leaks.txt";
@@ -21,6 +20,37 @@ pub const BASELINE_FILE: &str = "reapkit-leaks.txt";
 pub const ENV_BASELINE: &str = "REAPKIT_BASELINE";
 /// A baseline larger than this is not read (a list of accepted leaks is a few lines).
 const MAX_BASELINE_BYTES: u64 = 1 << 20;
+
+/// What leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeakKind {
+    /// A descriptor of the test process.
+    Fd,
+    /// A process: a child of the test process, or one carrying the test's marker.
+    Process,
+    Container,
+    Network,
+    Volume,
+}
+
+impl LeakKind {
+    /// The word patterns use: `fd`, `process`, `container`, `network`, `volume`.
+    pub fn word(self) -> &'static str {
+        match self {
+            LeakKind::Fd => "fd",
+            LeakKind::Process => "process",
+            LeakKind::Container => "container",
+            LeakKind::Network => "network",
+            LeakKind::Volume => "volume",
+        }
+    }
+
+    pub(super) fn from_word(word: &str) -> Option<LeakKind> {
+        [LeakKind::Fd, LeakKind::Process, LeakKind::Container, LeakKind::Network, LeakKind::Volume]
+            .into_iter()
+            .find(|k| k.word() == word)
+    }
+}
 
 /// `<kind>:<glob>`: a name of leaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +122,7 @@ impl Baseline {
                 None => return Ok(Baseline::default()),
             },
         };
-        let text = match crate::safe_fs::read_project_file(&path, MAX_BASELINE_BYTES) {
+        let text = match crate::os::safe_fs::read_project_file(&path, MAX_BASELINE_BYTES) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Baseline { path, entries: Vec::new() }),
             Err(e) => return Err(format!("the leak baseline {} cannot be read: {e}", path.display())),

@@ -34,17 +34,17 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::fd_snapshot::{Fd, FdSnapshot};
-use crate::member::Member;
-use crate::ownership::{self, Owner};
-use crate::procfs::{self, ProcId};
+use crate::os::fd_snapshot::{Fd, FdSnapshot};
+use crate::os::member::Member;
+use crate::evidence::ownership::{self, Owner};
+use crate::os::procfs::{self, ProcId};
 use crate::registry::{self, Registered, Slot};
 use crate::sweep::{self, DockerCheck, Scope, Sweep};
-use crate::teardown;
+use crate::guard::teardown;
 
 use baseline::Baseline;
-pub use baseline::{LeakPattern, BASELINE_FILE, ENV_BASELINE};
-pub use report::{LeakKind, LeakReport, ScopeLeak};
+pub use baseline::{LeakKind, LeakPattern, BASELINE_FILE, ENV_BASELINE};
+pub use report::{LeakReport, ScopeLeak};
 
 /// How long the FD and child checks give things that are closing anyway (a thread still
 /// dropping a file, a child still exiting) before calling them leaks. Only a check that
@@ -209,7 +209,7 @@ impl ScopeBuilder {
         // reapkit's own tokio (features `docker`, `rmcp`): its signal socket pair, if tokio has
         // signals, is opened before the first scope's baseline, as the process's own.
         #[cfg(any(feature = "docker", feature = "rmcp"))]
-        crate::fd_snapshot::note_tokio_signal_pair(|| {
+        crate::os::fd_snapshot::note_tokio_signal_pair(|| {
             drop(tokio::runtime::Builder::new_current_thread().enable_io().build());
         });
         let isolation = Isolation::detect(self.serialized);
@@ -235,7 +235,7 @@ impl ScopeBuilder {
             // Taken last, so that nothing the scope itself opened counts. Numbers only: the
             // targets are read at the end, and only if the count changed.
             fds: if exact && self.fd_check {
-                crate::fd_snapshot::numbers(std::process::id() as i32).ok()
+                crate::os::procfs::fd_numbers(std::process::id() as i32).ok()
             } else {
                 None
             },
@@ -403,7 +403,7 @@ impl TestScope {
         let the_tests = |fd: &Fd| {
             let leak = ScopeLeak::fd(fd);
             let serial_lock = lock.as_ref().is_some_and(|p| leak.is(p));
-            (!serial_lock && !crate::fd_snapshot::is_process_lifetime(fd)).then_some(leak)
+            (!serial_lock && !crate::os::fd_snapshot::is_process_lifetime(fd)).then_some(leak)
         };
         let deadline = Instant::now() + self.settle;
         let mut pause = Duration::from_millis(1);
@@ -474,7 +474,7 @@ impl TestScope {
             if let Some(pid) = guard.child.filter(|&pid| teardown::end_own_group(pid, grace)) {
                 report.leaks.push(ScopeLeak::group_ended(&guard.id, pid, &guard.what));
                 for dir in ledgers {
-                    if let Err(e) = crate::ledger::Entry::at(dir.join(format!("{}.json", guard.id))).remove() {
+                    if let Err(e) = crate::evidence::ledger::Entry::at(dir.join(format!("{}.json", guard.id))).remove() {
                         report.problems.push(format!("could not remove the ledger record of guard {}: {e}", guard.id));
                     }
                 }

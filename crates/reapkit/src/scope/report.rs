@@ -1,43 +1,14 @@
 //! What a test scope found: each leaked resource named, with what was done and what to do.
 
-use crate::escape::evidence;
-use crate::fd_snapshot::Fd;
+use crate::evidence::escape::evidence;
+use crate::os::fd_snapshot::Fd;
 use crate::registry;
 use crate::sweep;
 
-use super::baseline::LeakPattern;
+use super::baseline::{LeakKind, LeakPattern};
 use super::Isolation;
 
-/// What leaked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LeakKind {
-    /// A descriptor of the test process.
-    Fd,
-    /// A process: a child of the test process, or one carrying the test's marker.
-    Process,
-    Container,
-    Network,
-    Volume,
-}
-
 impl LeakKind {
-    /// The word patterns use: `fd`, `process`, `container`, `network`, `volume`.
-    pub fn word(self) -> &'static str {
-        match self {
-            LeakKind::Fd => "fd",
-            LeakKind::Process => "process",
-            LeakKind::Container => "container",
-            LeakKind::Network => "network",
-            LeakKind::Volume => "volume",
-        }
-    }
-
-    pub(super) fn from_word(word: &str) -> Option<LeakKind> {
-        [LeakKind::Fd, LeakKind::Process, LeakKind::Container, LeakKind::Network, LeakKind::Volume]
-            .into_iter()
-            .find(|k| k.word() == word)
-    }
-
     fn from_sweep(kind: sweep::LeakKind) -> LeakKind {
         match kind {
             sweep::LeakKind::Process => LeakKind::Process,
@@ -311,8 +282,8 @@ impl std::fmt::Display for LeakReport {
 /// anything: a leftover that holds a port is named with it.
 fn listening_of_tree(pid: i32) -> Option<String> {
     let mut pids = vec![pid];
-    pids.extend(crate::procfs::descendants(pid).iter().map(|d| d.pid));
-    crate::listening::words(&crate::listening::of(&pids))
+    pids.extend(crate::os::procfs::descendants(pid).iter().map(|d| d.pid));
+    crate::guard::listening::words(&crate::guard::listening::of(&pids))
 }
 
 /// `, <words>`, or nothing.

@@ -17,10 +17,10 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use crate::fd_snapshot::FdSnapshot;
-use crate::member::Member;
-use crate::procfs::{self, ProcId};
-use crate::{registry, teardown};
+use crate::os::fd_snapshot::FdSnapshot;
+use crate::os::member::Member;
+use crate::os::procfs::{self, ProcId};
+use crate::{registry, guard::teardown};
 
 /// What the process had when the first shared scope began.
 struct Baseline {
@@ -54,11 +54,11 @@ fn answered(fd: i32, target: &str) -> bool {
     ANSWERED.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(n, t)| *n == fd && t == target)
 }
 
-/// Takes the process's baseline: run before `main` (see [`crate::reexec`]).
+/// Takes the process's baseline: run before `main` (see [`crate::supervisor::reexec`]).
 pub(crate) fn take_baseline() {
     BASELINE.get_or_init(|| {
         let me = std::process::id() as i32;
-        Baseline { children: procfs::children(me), fds: crate::fd_snapshot::numbers(me).unwrap_or_default() }
+        Baseline { children: procfs::children(me), fds: crate::os::procfs::fd_numbers(me).unwrap_or_default() }
     });
 }
 
@@ -78,7 +78,7 @@ pub(super) fn end(test: &str) {
     let mut new = new_children(base);
     if let Ok(now) = FdSnapshot::capture() {
         for fd in
-            now.fds().iter().filter(|fd| !base.fds.contains(&fd.fd) && !crate::fd_snapshot::is_process_lifetime(fd))
+            now.fds().iter().filter(|fd| !base.fds.contains(&fd.fd) && !crate::os::fd_snapshot::is_process_lifetime(fd))
         {
             new.push(Seen::Fd(fd.fd, fd.target.clone(), fd.to_string()));
         }
@@ -166,7 +166,7 @@ fn check() -> String {
         let tests = if tests.is_empty() { "?".to_owned() } else { tests.join(", ") };
         lines.push(format!(
             "  - {}\n    appeared while these tests were running: {tests}",
-            crate::escape::evidence(&what)
+            crate::evidence::escape::evidence(&what)
         ));
     }
     if lines.is_empty() {

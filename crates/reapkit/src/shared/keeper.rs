@@ -15,13 +15,15 @@ use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Fixture, FixtureInfo, Paths, Spec, ENV_SHARED, ENV_SHARED_SPEC, MAX_SPEC_BYTES};
-use crate::identity::OwnerId;
-use crate::member::Member;
-use crate::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER};
-use crate::procfs::ProcId;
-use crate::run_stats::{self, Event};
-use crate::{os, ProcessGuard};
+use super::{Fixture, FixtureInfo, Spec, ENV_SHARED, ENV_SHARED_SPEC, MAX_SPEC_BYTES};
+use crate::evidence::fixture_files::FixtureFiles;
+use crate::evidence::identity::OwnerId;
+use crate::os::member::Member;
+use crate::evidence::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER};
+use crate::os::procfs::ProcId;
+use crate::evidence::run_stats::{self, Event};
+use crate::guard::process::ProcessGuard;
+use crate::os;
 
 /// An argument no program understands: a binary whose constructor did not run exits at once.
 pub(super) const KEEPER_ARG: &str = "--reapkit-shared";
@@ -78,7 +80,7 @@ fn say(line: &str) {
 }
 
 fn log(line: &str) {
-    eprintln!("{} {line}", crate::ledger::now_rfc3339());
+    eprintln!("{} {line}", crate::evidence::ledger::now_rfc3339());
 }
 
 fn fail(why: &str) -> i32 {
@@ -96,8 +98,8 @@ fn detach_stdout() {
 }
 
 fn keep(spec: &Spec, key: &str) -> i32 {
-    let dir = std::env::var_os(ENV_LEDGER_DIR).map(std::path::PathBuf::from).unwrap_or_else(crate::ledger::default_dir);
-    let paths = Paths::at(&dir.join("shared"), key);
+    let dir = std::env::var_os(ENV_LEDGER_DIR).map(std::path::PathBuf::from).unwrap_or_else(crate::evidence::ledger::default_dir);
+    let paths = FixtureFiles::at(&dir.join("shared"), key);
     let owner = match run_owner() {
         Ok(owner) => owner,
         Err(why) => return fail(&why),
@@ -181,7 +183,7 @@ fn on_signals() -> io::Result<os::Wakeup> {
     Ok(fd)
 }
 
-fn listen(paths: &Paths) -> io::Result<UnixListener> {
+fn listen(paths: &FixtureFiles) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(&paths.sock)?;
     std::fs::set_permissions(&paths.sock, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
@@ -193,7 +195,7 @@ fn listen(paths: &Paths) -> io::Result<UnixListener> {
 enum Running {
     Server(ProcessGuard),
     #[cfg(feature = "docker")]
-    Container(crate::Container),
+    Container(crate::guard::container::Container),
 }
 
 impl Running {
@@ -208,7 +210,7 @@ impl Running {
     }
 }
 
-fn start(spec: &Spec, run_owner: Option<OwnerId>) -> crate::Result<(Running, FixtureInfo)> {
+fn start(spec: &Spec, run_owner: Option<OwnerId>) -> crate::error::Result<(Running, FixtureInfo)> {
     let mut info = FixtureInfo {
         name: spec.name.clone(),
         run_id: ownership::Owner::current().run_id.clone(),
@@ -347,7 +349,7 @@ impl Keeper<'_> {
     /// A new lease: another user's connection is refused; ours gets the description.
     fn admit(&mut self, conn: UnixStream) {
         let who = match os::peer_of(conn.as_fd()) {
-            Ok(peer) if peer.uid == crate::procfs::my_uid() => ProcId::of(peer.pid),
+            Ok(peer) if peer.uid == crate::os::procfs::my_uid() => ProcId::of(peer.pid),
             Ok(peer) => return log(&format!("refused a connection of uid {}", peer.uid)),
             Err(e) => return log(&format!("refused a connection whose peer is unknown: {e}")),
         };

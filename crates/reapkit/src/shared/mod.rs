@@ -39,20 +39,20 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "docker")]
-use crate::container::ContainerBuilder;
+use crate::guard::container::ContainerBuilder;
 use crate::error::{Error, Result};
-use crate::identity::OwnerId;
-use crate::listening::{Listen, Listener};
-use crate::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
-use crate::procfs::{ProcId, Stat};
+use crate::evidence::identity::OwnerId;
+use crate::guard::listening::{Listen, Listener};
+use crate::evidence::ownership::{self, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
+use crate::os::procfs::{ProcId, Stat};
 use crate::registry::{self, Attachment, HeldFd, LiveGuard};
-use crate::{ledger, os};
+use crate::{evidence::ledger, os};
 
 pub(crate) use keeper::run as keeper_main;
 
-/// Set on a fixture keeper only: the key of the fixture it keeps (`<name>-<hash>`). What tells
-/// sweeps a process is one.
-pub const ENV_SHARED: &str = "REAPKIT_SHARED";
+pub use crate::evidence::fixture_files::clear_stale;
+use crate::evidence::fixture_files::FixtureFiles;
+pub use crate::evidence::ownership::ENV_SHARED;
 /// Set on a fixture keeper only: its spec, as JSON. What makes a re-executed binary a keeper.
 pub(crate) const ENV_SHARED_SPEC: &str = "REAPKIT_SHARED_SPEC";
 /// The largest spec a keeper accepts, and the largest fixture description an asker reads.
@@ -126,7 +126,7 @@ impl Shared {
 
     fn new(name: &str, fixture: Fixture) -> Shared {
         let spec =
-            Spec { name: name.to_owned(), fixture, ready_timeout: crate::DEFAULT_READY_TIMEOUT, reuse_idle: None };
+            Spec { name: name.to_owned(), fixture, ready_timeout: crate::guard::DEFAULT_READY_TIMEOUT, reuse_idle: None };
         Shared { spec, ledger_dir: None }
     }
 
@@ -198,7 +198,7 @@ impl Shared {
         }
         self.check()?;
         let run_owner = spec.reuse_idle.is_none().then(run_owner);
-        let paths = Paths::new(&self.shared_dir()?, spec, run_owner.as_ref())?;
+        let paths = FixtureFiles::new(&self.shared_dir()?, spec, run_owner.as_ref())?;
         if let Some(lease) = paths.connect(spec)? {
             return Ok(lease.registered(created_at));
         }
@@ -221,7 +221,7 @@ impl Shared {
     pub fn socket_path(&self) -> Result<PathBuf> {
         self.check()?;
         let owner = self.spec.reuse_idle.is_none().then(run_owner);
-        Ok(Paths::new(&self.shared_dir()?, &self.spec, owner.as_ref())?.sock)
+        Ok(FixtureFiles::new(&self.shared_dir()?, &self.spec, owner.as_ref())?.sock)
     }
 
     fn shared_dir(&self) -> Result<PathBuf> {
@@ -236,7 +236,7 @@ impl Shared {
 
     fn check(&self) -> Result<()> {
         let bad = |reason: String| Error::Shared {
-            name: crate::escape::evidence(&self.spec.name).into_owned(),
+            name: crate::evidence::escape::evidence(&self.spec.name).into_owned(),
             reason,
             log: None,
         };
@@ -270,23 +270,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// The files of one fixture in `<ledger>/shared/`: `<key>.sock`, `.lock`, `.log`.
-struct Paths {
-    key: String,
-    dir: PathBuf,
-    sock: PathBuf,
-    lock: PathBuf,
-    log: PathBuf,
-}
-
-impl Paths {
+impl FixtureFiles {
     /// The key: the name, and a hash of the spec with the run owner (or, reused, the user).
-    fn new(dir: &Path, spec: &Spec, run_owner: Option<&OwnerId>) -> Result<Paths> {
-        let whose = run_owner.map_or_else(|| format!("uid {}", crate::procfs::my_uid()), ToString::to_string);
+    fn new(dir: &Path, spec: &Spec, run_owner: Option<&OwnerId>) -> Result<FixtureFiles> {
+        let whose = run_owner.map_or_else(|| format!("uid {}", crate::os::procfs::my_uid()), ToString::to_string);
         let text =
             serde_json::to_string(&(spec, whose)).map_err(|e| Error::io("describing a shared fixture", e.into()))?;
         let key = format!("{}-{:016x}", spec.name, fnv1a(text.as_bytes()));
-        let paths = Paths::at(dir, &key);
+        let paths = FixtureFiles::at(dir, &key);
         // sun_path holds 108 bytes with its NUL.
         if paths.sock.as_os_str().len() > 107 {
             return Err(Error::Shared {
@@ -300,16 +291,6 @@ impl Paths {
             });
         }
         Ok(paths)
-    }
-
-    fn at(dir: &Path, key: &str) -> Paths {
-        Paths {
-            key: key.to_owned(),
-            dir: dir.to_path_buf(),
-            sock: dir.join(format!("{key}.sock")),
-            lock: dir.join(format!("{key}.lock")),
-            log: dir.join(format!("{key}.log")),
-        }
     }
 
     /// The error for `reason`, with the tail of the keeper's log (its fixture's failure).
@@ -326,7 +307,7 @@ impl Paths {
     /// Holds the start lock (released when the file closes, or the process dies). Waits for a
     /// start in progress, which its own deadline bounds.
     fn lock(&self) -> Result<std::fs::File> {
-        let file = crate::safe_fs::open_lock(&self.lock)
+        let file = crate::os::safe_fs::open_lock(&self.lock)
             .map_err(|e| Error::io(&format!("opening {} (delete it if it is not reapkit's)", self.lock.display()), e))?;
         loop {
             // SAFETY: flock on a valid fd we own.
@@ -349,7 +330,7 @@ impl Paths {
         };
         let fail = |why: String| self.failed(spec, &why);
         let peer = os::peer_of(conn.as_fd()).map_err(|e| fail(format!("its socket's peer cannot be read: {e}")))?;
-        if peer.uid != crate::procfs::my_uid() {
+        if peer.uid != crate::os::procfs::my_uid() {
             return Err(fail(format!(
                 "{} is served by uid {}, not us: not reapkit's keeper. Remove the file",
                 self.sock.display(),
@@ -371,7 +352,7 @@ impl Paths {
             return Err(fail(format!(
                 "the description names keeper pid {} of `{}`, but pid {} answered",
                 info.keeper.pid,
-                crate::escape::evidence(&info.name),
+                crate::evidence::escape::evidence(&info.name),
                 peer.pid
             )));
         }
@@ -381,13 +362,13 @@ impl Paths {
     /// Starts the keeper and waits for it to say its fixture is ready; returns its pid.
     fn start_keeper(&self, spec: &Spec, run_owner: Option<&OwnerId>) -> Result<i32> {
         let json = serde_json::to_string(spec).map_err(|e| Error::io("describing a shared fixture", e.into()))?;
-        let log = crate::safe_fs::create_fresh(&self.log)
+        let log = crate::os::safe_fs::create_fresh(&self.log)
             .map_err(|e| Error::io(&format!("creating {} (delete it if it is not reapkit's)", self.log.display()), e))?;
         let mut cmd = Command::new(crate::os::self_exe());
         cmd.arg0("reapkit-shared").arg(keeper::KEEPER_ARG);
         // reapkit's markers are the keeper's own, never the asking test's; of its settings,
         // those its fixture's guard reads pass through.
-        let kept = [crate::containment::ENV_CONTAINMENT, crate::ENV_TERM_GRACE, crate::ENV_EOF_GRACE];
+        let kept = [crate::containment::ENV_CONTAINMENT, crate::guard::ENV_TERM_GRACE, crate::guard::ENV_EOF_GRACE];
         for (key, _) in std::env::vars_os() {
             let text = key.to_string_lossy();
             if text.starts_with("REAPKIT_") && !kept.contains(&&*text) || text == "NEXTEST_TEST_NAME" {
@@ -423,14 +404,14 @@ impl Paths {
 /// The last 2 KiB of a keeper's log, each line made safe to print and indented.
 fn log_tail(path: &Path) -> String {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut file) = crate::safe_fs::open_read(path) else { return String::new() };
+    let Ok(mut file) = crate::os::safe_fs::open_read(path) else { return String::new() };
     let len = file.metadata().map_or(0, |m| m.len());
     let mut tail = Vec::new();
     if file.seek(SeekFrom::Start(len.saturating_sub(2048))).is_err() || file.take(2048).read_to_end(&mut tail).is_err()
     {
         return String::new();
     }
-    String::from_utf8_lossy(&tail).lines().map(|l| format!("    {}\n", crate::escape::evidence(l))).collect()
+    String::from_utf8_lossy(&tail).lines().map(|l| format!("    {}\n", crate::evidence::escape::evidence(l))).collect()
 }
 
 enum ReadyLine {
@@ -479,41 +460,10 @@ fn read_ready(mut out: std::process::ChildStdout, timeout: Duration) -> std::res
     let text = text.lines().next().unwrap_or_default();
     match text.split_once(' ') {
         Some(("ready", pid)) => pid.parse().map(ReadyLine::Ready).map_err(|_| format!("its keeper said {text:?}")),
-        Some(("error", why)) => Ok(ReadyLine::Failed(crate::escape::evidence(why).into_owned())),
-        _ => Err(format!("its keeper said {:?}", crate::escape::evidence(text))),
+        Some(("error", why)) => Ok(ReadyLine::Failed(crate::evidence::escape::evidence(why).into_owned())),
+        _ => Err(format!("its keeper said {:?}", crate::evidence::escape::evidence(text))),
     }
 }
-
-/// Clears what keepers that are gone left in `dir` (a ledger's `shared/`): a socket nobody
-/// serves and its lock, unless a start holds the lock right now; a log once `keep_logs` old
-/// (a failed start's log is what its error points at).
-pub fn clear_stale(dir: &Path, keep_logs: Duration) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(key) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".lock")) else {
-            continue;
-        };
-        let paths = Paths::at(dir, key);
-        let served = UnixStream::connect(&paths.sock).is_ok();
-        // Never blocks: a FIFO planted as a lock is not opened as one.
-        let Ok(lock) = crate::safe_fs::open_read(&paths.lock) else { continue };
-        // SAFETY: flock on a valid fd we own; released when `lock` closes.
-        let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if served || !free {
-            continue;
-        }
-        let _ = std::fs::remove_file(&paths.sock);
-        let old = |p: &Path| {
-            std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() >= keep_logs)
-        };
-        if !paths.log.exists() || old(&paths.log) {
-            let _ = std::fs::remove_file(&paths.log);
-            let _ = std::fs::remove_file(&paths.lock);
-        }
-    }
-}
-
 
 /// What a test attached to a shared fixture can reach it by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,15 +13,16 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 
-use crate::container::{
-    self, LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
+use crate::evidence::ownership::{
+    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
 };
-use crate::docker_engine::{Engine, DEFAULT_DOCKER_HOST};
+use crate::guard::container;
+use crate::guard::docker_engine::{Engine, DEFAULT_DOCKER_HOST};
 use crate::error::Result;
-use crate::escape::evidence;
-use crate::identity::OwnerId;
-use crate::ledger::{Record, Resource};
-use crate::ownership;
+use crate::evidence::escape::evidence;
+use crate::evidence::identity::OwnerId;
+use crate::evidence::ledger::{Record, Resource};
+use crate::evidence::ownership;
 
 use super::report::{Action, FoundBy, Leak, LeakKind};
 use super::{age_of, Claim, DockerCheck, Findings, Sweep, Target, Verdict};
@@ -226,11 +227,11 @@ struct SilentEngines {
 
 impl SilentEngines {
     fn path() -> PathBuf {
-        crate::ledger::index::path().with_file_name("silent-engines")
+        crate::evidence::ledger::index::path().with_file_name("silent-engines")
     }
 
     fn read() -> SilentEngines {
-        let text = crate::safe_fs::read_bounded(&Self::path(), 64 << 10).unwrap_or_default();
+        let text = crate::os::safe_fs::read_bounded(&Self::path(), 64 << 10).unwrap_or_default();
         let entries = String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|l| l.split_once(' ').and_then(|(t, h)| Some((t.parse().ok()?, h.to_owned()))))
@@ -264,7 +265,7 @@ impl Drop for SilentEngines {
         if self.changed {
             let body: String = self.entries.iter().map(|(t, h)| format!("{t} {h}\n")).collect();
             let _ = std::fs::create_dir_all(Self::path().parent().unwrap_or(Path::new("/")));
-            let _ = crate::safe_fs::write_atomic(&Self::path(), body.as_bytes());
+            let _ = crate::os::safe_fs::write_atomic(&Self::path(), body.as_bytes());
         }
     }
 }
@@ -273,9 +274,9 @@ impl Drop for SilentEngines {
 enum Answer {
     Listed(Vec<Listed>),
     /// It answered with an error (refused, not an engine): quick, so asked again next time.
-    Failed(crate::Error),
+    Failed(crate::error::Error),
     /// It did not answer within the deadline.
-    Silent(crate::Error),
+    Silent(crate::error::Error),
 }
 
 /// Lists every engine in `hosts` concurrently, each on a thread of its own, and collects what
@@ -292,7 +293,7 @@ fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Answer)> {
         });
         if let Err(e) = started {
             let reason = format!("could not start a thread to ask it: {e}");
-            let _ = tx.send((host.clone(), Answer::Failed(crate::Error::Docker { context: "listing".into(), reason })));
+            let _ = tx.send((host.clone(), Answer::Failed(crate::error::Error::Docker { context: "listing".into(), reason })));
         }
     }
     drop(tx);
@@ -307,7 +308,7 @@ fn list_all(hosts: Vec<String>, timeout: Duration) -> Vec<(String, Answer)> {
     for host in hosts {
         if !answers.iter().any(|(h, _)| *h == host) {
             let reason = format!("no answer within {timeout:?} (every engine was asked at once)");
-            answers.push((host.clone(), Answer::Silent(crate::Error::DockerUnreachable { host, reason })));
+            answers.push((host.clone(), Answer::Silent(crate::error::Error::DockerUnreachable { host, reason })));
         }
     }
     answers

@@ -35,15 +35,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::containment::cgroup::GuardCgroup;
-use crate::identity::{OwnerId, Viewpoint, Whereabouts};
-use crate::ledger::{self, Record, Resource};
-use crate::member::Member;
-use crate::ownership;
-use crate::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
-use crate::run_stats::{self, RunStats};
-use crate::{os, teardown};
+use crate::evidence::identity::{OwnerId, Viewpoint, Whereabouts};
+use crate::evidence::ledger::{self, Record, Resource};
+use crate::os::member::Member;
+use crate::evidence::ownership;
+use crate::os::procfs::{self, BootClock, MarkerScan, ProcId, Stat};
+use crate::evidence::run_stats::{self, RunStats};
+use crate::{os, guard::teardown};
 
-pub(crate) use processes::{describe_holder, Markers};
+use crate::evidence::markers::{self, Markers};
 pub(crate) use proof::Witness;
 pub(crate) use report::{action_words, words};
 pub use report::{
@@ -244,7 +244,7 @@ impl Sweep {
             ));
         } else if let Err(e) = std::fs::read_dir("/proc") {
             f.unchecked
-                .push(format!("nothing was checked: /proc cannot be listed: {}", crate::Error::io("listing /proc", e)));
+                .push(format!("nothing was checked: /proc cannot be listed: {}", crate::error::Error::io("listing /proc", e)));
             return f;
         }
         let mut contents = ledger::Contents::default();
@@ -295,7 +295,7 @@ impl Sweep {
         if let Some(e) = scan.exhausted() {
             let e = std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EMFILE));
             f.unchecked
-                .push(format!("the process scan saw only part of the machine: {}", crate::Error::io("/proc", e)));
+                .push(format!("the process scan saw only part of the machine: {}", crate::error::Error::io("/proc", e)));
         }
         for (id, markers) in marked {
             f.push_marked(id, markers);
@@ -328,7 +328,7 @@ impl Sweep {
 
         if f.listing {
             f.notes.push(format!("containment: {}", crate::containment::describe_machine()));
-            f.notes.extend(guarantee_notes(&crate::capabilities()));
+            f.notes.extend(guarantee_notes(&crate::containment::capabilities::capabilities()));
         }
         if let Some(matcher) = &self.matcher {
             f.push_matches(matcher);
@@ -362,7 +362,7 @@ impl Sweep {
             .tree
             .iter()
             .filter(|pid| !marked.iter().any(|(id, _)| id.pid == **pid))
-            .filter_map(|&pid| Some((ProcId::of(pid)?, processes::markers_of(pid))))
+            .filter_map(|&pid| Some((ProcId::of(pid)?, markers::markers_of(pid))))
             .filter(|(_, m)| m.keeper)
             .collect();
         for (id, m) in marked.iter().chain(&below) {
@@ -599,7 +599,7 @@ impl Findings {
         }
         if matches!(self.judge.scope, Scope::DeadOwners { .. }) {
             run_stats::clear_ended(&dir, Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
-            crate::shared::clear_stale(&self.ledger_dir.join("shared"), Duration::from_secs(3600));
+            crate::evidence::fixture_files::clear_stale(&self.ledger_dir.join("shared"), Duration::from_secs(3600));
         }
     }
 
@@ -763,7 +763,7 @@ impl Findings {
             if ended || !(any_uid || procfs::is_ours(d.pid)) {
                 continue;
             }
-            let own = processes::markers_of(d.pid);
+            let own = markers::markers_of(d.pid);
             if own.is_watchdog() && own.malformed.is_none() {
                 // The root's own watchdog (a shared fixture keeper's) cleans up after the root
                 // once it is ended — its guards' records, cgroups, containers: left to it.
@@ -813,7 +813,7 @@ impl Findings {
             return self.push_evidence(path, &record);
         }
         // The containment first: what the kernel says is the tree, whatever it carries.
-        let markers = processes::record_markers(&record);
+        let markers = markers::record_markers(&record);
         if let Err(why) = self.push_contained(&record, &markers, owner) {
             return self.unchecked_record(&path, &format!("{why}. Kept"));
         }
@@ -943,7 +943,7 @@ impl Findings {
             let guard = dir
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(crate::containment::cgroup::PREFIX))
+                .and_then(|n| n.strip_prefix(crate::evidence::ownership::CGROUP_PREFIX))
                 .unwrap_or_default()
                 .to_owned();
             let Some(owner) = ownership::owner_of_guard(&guard) else { continue };
@@ -1018,7 +1018,7 @@ impl Findings {
         found.retain(|id| !self.has_process(id.pid));
         found.sort_by_key(|id| std::cmp::Reverse(id.start_time));
         for id in found.into_iter().skip(matcher.keep_newest) {
-            self.push_process(id, processes::markers_of(id.pid), FoundBy::Match, OwnerHealth::Unknown, None);
+            self.push_process(id, markers::markers_of(id.pid), FoundBy::Match, OwnerHealth::Unknown, None);
         }
     }
 
@@ -1029,8 +1029,8 @@ impl Findings {
 }
 
 /// What `reapkit ps` says of the guarantees: that all hold, or each that does not.
-fn guarantee_notes(caps: &crate::Capabilities) -> Vec<String> {
-    use crate::capabilities::Guarantee;
+fn guarantee_notes(caps: &crate::containment::capabilities::Capabilities) -> Vec<String> {
+    use crate::containment::capabilities::Guarantee;
     let gaps: Vec<String> = caps
         .guarantees
         .iter()

@@ -24,8 +24,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::containment::cgroup::{self, GuardCgroup};
-use crate::ownership::ENV_GUARD;
-use crate::procfs::{self, MarkerScan, ProcId};
+use crate::evidence::ownership::ENV_GUARD;
+use crate::os::procfs::{self, MarkerScan, ProcId};
 
 /// What a reapkit cgroup found on the machine turned out to be.
 #[derive(Debug)]
@@ -117,7 +117,7 @@ pub(super) fn named_process(here: ProcId, guard: &str) -> Result<(), String> {
 /// Whether the live process `here`, named as the keeper of guard `guard` by a record, is that
 /// keeper: it carries `REAPKIT_KEEPER_GUARD=<guard>`.
 pub(super) fn named_keeper(here: ProcId, guard: &str) -> bool {
-    let entry = format!("{}={guard}", crate::containment::keeper::ENV_KEEPER_GUARD);
+    let entry = format!("{}={guard}", crate::evidence::ownership::ENV_KEEPER_GUARD);
     MarkerScan::new().carries(here.pid, entry.as_bytes())
 }
 
@@ -126,7 +126,7 @@ pub(super) fn named_keeper(here: ProcId, guard: &str) -> bool {
 #[derive(Debug)]
 pub(crate) struct Witness {
     dir: PathBuf,
-    owner: crate::identity::OwnerId,
+    owner: crate::evidence::identity::OwnerId,
     watch: Option<crate::os::DirWatch>,
     seen: Vec<(PathBuf, u64)>,
 }
@@ -135,7 +135,7 @@ impl Witness {
     /// Starts watching `dir` for records of `owner`, then checks those already there (the watch
     /// first, so that none lands unseen in between). Without a watch (the portable backend, a
     /// directory that cannot be watched) it witnesses nothing.
-    pub(crate) fn new(dir: &Path, owner: &crate::identity::OwnerId) -> Witness {
+    pub(crate) fn new(dir: &Path, owner: &crate::evidence::identity::OwnerId) -> Witness {
         let watch = crate::os::DirWatch::new(dir).ok();
         let mut witness = Witness { dir: dir.to_path_buf(), owner: owner.clone(), watch, seen: Vec::new() };
         if witness.watch.is_some() {
@@ -165,7 +165,7 @@ impl Witness {
         for name in names {
             let path = self.dir.join(&name);
             let is_record = path.extension().is_some_and(|x| x == "json") && !name.to_string_lossy().starts_with('.');
-            let Some(seen) = is_record.then(|| crate::ledger::read_record(&path).ok()).flatten() else { continue };
+            let Some(seen) = is_record.then(|| crate::evidence::ledger::read_record(&path).ok()).flatten() else { continue };
             if seen.owner == self.owner {
                 self.seen.extend(made_for(&seen));
             }
@@ -175,8 +175,8 @@ impl Witness {
 
 /// The cgroup `record` names, if its guard's process runs in it now, carrying the guard's
 /// marker, and the cgroup is the one recorded (its id).
-fn made_for(record: &crate::ledger::Record) -> Option<(PathBuf, u64)> {
-    use crate::ledger::{Contained, Resource};
+fn made_for(record: &crate::evidence::ledger::Record) -> Option<(PathBuf, u64)> {
+    use crate::evidence::ledger::{Contained, Resource};
     let Resource::Process { process, contained: Some(Contained::Cgroup { cgroup, id: Some(id) }), .. } = &record.resource
     else {
         return None;

@@ -5,10 +5,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::escape::evidence;
-use crate::listening::Listener;
-use crate::procfs::ExeState;
-use crate::run_stats::RunStats;
+use crate::evidence::escape::evidence;
+use crate::guard::listening::Listener;
+use crate::os::procfs::ExeState;
+use crate::evidence::run_stats::RunStats;
 
 /// Nothing leaked (and everything could be checked).
 pub const EXIT_CLEAN: i32 = 0;
@@ -134,7 +134,7 @@ impl Leak {
 
     /// `listening on tcp 127.0.0.1:8080, unix /tmp/s`, if it listened on anything.
     pub fn listening_words(&self) -> Option<String> {
-        crate::listening::words(&self.listening)
+        crate::guard::listening::words(&self.listening)
     }
 
     /// One line of prose: what it is, whose it was, what was done. Every piece of evidence in
@@ -204,7 +204,7 @@ impl Report {
     /// reader, or a sweep killed half way, never sees half a report, and a FIFO or symlink
     /// planted at either name is replaced, never written through.
     pub fn write_file(&self, path: &std::path::Path) -> io::Result<()> {
-        crate::safe_fs::write_atomic(path, self.to_json().as_bytes())
+        crate::os::safe_fs::write_atomic(path, self.to_json().as_bytes())
     }
 
     /// GitHub Actions workflow commands: one `::error` per leak and per unchecked part.
@@ -239,7 +239,7 @@ pub fn write_table(out: &mut impl Write, leaks: &[Leak]) -> io::Result<()> {
 }
 
 /// One row per leak, in the chosen [`Columns`]. Every cell is escaped
-/// ([`crate::escape::evidence`]): a row is one line and starts with the leak's kind; a detail,
+/// ([`crate::evidence::escape::evidence`]): a row is one line and starts with the leak's kind; a detail,
 /// if any, goes on the next line.
 pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> io::Result<()> {
     if leaks.is_empty() {

@@ -4,10 +4,10 @@
 //! be proven from here (same boot; its PID namespace ours or visible); otherwise the resource
 //! is unchecked, never presumed dead.
 
-use crate::identity::{Namespaces, OwnerId, Whereabouts};
-use crate::procfs::ProcId;
+use crate::evidence::identity::{Namespaces, OwnerId, Whereabouts};
+use crate::os::procfs::ProcId;
 
-use super::processes::Markers;
+use crate::evidence::markers::Markers;
 
 use super::report::Health;
 
@@ -93,6 +93,19 @@ pub(crate) struct Claim<'a> {
     pub(crate) supervisor: Option<&'a OwnerId>,
 }
 
+impl Markers {
+    /// The claims these markers make, for a [`Scope`](super::Scope) to judge.
+    pub(crate) fn claim(&self) -> Claim<'_> {
+        Claim {
+            run_id: self.run_id.as_deref(),
+            owner: self.owner.as_ref(),
+            test: self.test.as_deref(),
+            host: None,
+            supervisor: self.supervisor.as_ref(),
+        }
+    }
+}
+
 /// What to do with a claimed resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -130,13 +143,13 @@ impl Judge {
     /// nextest that runs this test, so the run goes on — with its whole tree. Once the run is
     /// over none qualifies.
     pub(crate) fn spare_live_shared_fixtures(&mut self, marked: &[(ProcId, Markers)]) {
-        let ancestors = crate::procfs::self_and_ancestors();
+        let ancestors = crate::os::procfs::self_and_ancestors();
         let mut spared = Vec::new();
         for (id, m) in marked.iter().filter(|(id, _)| self.tree.contains(&id.pid)) {
             let (Some(_), Some(owner), None) = (&m.shared, &m.owner, &m.malformed) else { continue };
             if matches!(self.ns.owner(owner), Whereabouts::Alive(here) if ancestors.contains(&here.pid)) {
                 spared.push(id.pid);
-                spared.extend(crate::procfs::descendants(id.pid).iter().map(|d| d.pid));
+                spared.extend(crate::os::procfs::descendants(id.pid).iter().map(|d| d.pid));
             }
         }
         self.tree.retain(|pid| !spared.contains(pid));

@@ -10,34 +10,21 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::budget::{Budget, BudgetWatch};
+use crate::guard::budget::{Budget, BudgetWatch};
 use crate::containment::{self, cgroup::GuardCgroup, keeper, Containment};
 use crate::error::{Error, Result};
-use crate::ledger;
-use crate::listening::{self, Listen, Listener};
-use crate::member::Member;
+use crate::evidence::ledger;
+use crate::guard::listening::{self, Listen, Listener};
+use crate::os::member::Member;
 use crate::os;
-use crate::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
-use crate::procfs::{self, ProcId};
+use crate::evidence::ownership::{self, Owner, ENV_GUARD, ENV_OWNER, ENV_RUN_ID, ENV_TEST};
+use crate::os::procfs::{self, ProcId};
 use crate::registry::{self, Attachment};
-use crate::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
-pub use crate::teardown::Graces;
-use crate::teardown::{self, Holder, Teardown, Tree};
+use crate::guard::stderr_ring::{StderrRing, DEFAULT_RING_BYTES};
+pub use crate::guard::teardown::Graces;
+use crate::guard::teardown::{self, Holder, Teardown, Tree};
 
-/// How long to wait for the child to exit by itself after its stdin closes.
-///
-/// Idle MCP servers exit on stdin EOF in 8–113 ms (Node direct, through npx, Python), so a few
-/// hundred ms covers them; the SDKs' 2 s would cost minutes over a suite of 200 servers.
-pub const DEFAULT_EOF_GRACE: Duration = Duration::from_millis(300);
-/// How long to wait after SIGTERM to the group before SIGKILL (the MCP SDKs use about 2 s).
-pub const DEFAULT_TERM_GRACE: Duration = Duration::from_secs(2);
-/// How long [`ProcessBuilder::listen`] waits for the tree to listen, and a container to become
-/// ready: `npx` fetching a package on a cold cache, or an image's first start, takes seconds.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Environment override of the EOF grace, e.g. `REAPKIT_EOF_GRACE=500ms`.
-pub const ENV_EOF_GRACE: &str = "REAPKIT_EOF_GRACE";
-/// Environment override of the SIGTERM grace, e.g. `REAPKIT_TERM_GRACE=5s`.
-pub const ENV_TERM_GRACE: &str = "REAPKIT_TERM_GRACE";
+pub use super::{DEFAULT_EOF_GRACE, DEFAULT_READY_TIMEOUT, DEFAULT_TERM_GRACE, ENV_EOF_GRACE, ENV_TERM_GRACE};
 
 impl Graces {
     /// The defaults, overridden by `REAPKIT_EOF_GRACE` / `REAPKIT_TERM_GRACE` when set.
@@ -183,7 +170,7 @@ impl ProcessBuilder {
 
     /// Starts the child. Nothing is left behind on error: a child that started is torn down.
     pub fn spawn(mut self) -> Result<ProcessGuard> {
-        crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
+        crate::evidence::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
             what: if crate::os::PROC_TABLE { "a /proc of this PID namespace" } else { "a boot identity" },
             source: std::io::Error::other(why.to_owned()),
         })?;
@@ -267,7 +254,7 @@ impl ProcessBuilder {
                 // Without a pidfd we cannot tear down safely: undo the spawn and say why.
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
                 let _ = child.wait();
-                if crate::error::fd_limit_hint(&source).is_some() {
+                if crate::os::fd_limit_hint(&source).is_some() {
                     return Err(spawn_error(&program, source));
                 }
                 let what =
@@ -370,7 +357,7 @@ impl ProcessBuilder {
     /// Spawns the command below a keeper of its own (see [`keeper`]).
     fn spawn_with_keeper(
         &mut self,
-        owner: &crate::identity::OwnerId,
+        owner: &crate::evidence::identity::OwnerId,
         guard: &str,
         test: &str,
         grace: Duration,
@@ -412,7 +399,7 @@ fn port_free(port: u16, tree: &[i32], program: &str) -> Result<()> {
     let holders: Vec<String> = listening::holders_of_port(port, me)
         .into_iter()
         .filter(|h| !tree.contains(&h.pid))
-        .map(|h| crate::sweep::describe_holder(h.pid))
+        .map(|h| crate::evidence::markers::describe_holder(h.pid))
         .collect();
     match holders.is_empty() {
         true => Ok(()),
@@ -421,7 +408,7 @@ fn port_free(port: u16, tree: &[i32], program: &str) -> Result<()> {
 }
 
 fn spawn_error(program: &str, source: std::io::Error) -> Error {
-    let hint = crate::error::fd_limit_hint(&source).unwrap_or_else(|| {
+    let hint = crate::os::fd_limit_hint(&source).unwrap_or_else(|| {
         match source.kind() {
             std::io::ErrorKind::NotFound => "Is it installed? A bare name is looked up in PATH; give a path otherwise",
             std::io::ErrorKind::PermissionDenied => "Is the file executable (chmod +x) and its directory searchable?",
@@ -657,7 +644,7 @@ impl ProcessGuard {
     /// dropped early, the teardown still finishes.
     #[cfg(feature = "async")]
     pub async fn shutdown_async(self) -> Teardown {
-        crate::offload::offload(move || self.shutdown()).await.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        crate::guard::offload::offload(move || self.shutdown()).await.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     /// Gives the child's pipes away (to an async transport); `close` closes them where they
@@ -670,7 +657,7 @@ impl ProcessGuard {
         let (Some(stdin), Some(stdout)) = (self.tree.stdin.take(), self.tree.stdout.take()) else {
             unreachable!("an MCP guard's stdin and stdout are both piped")
         };
-        self.tree.close_stdio = Some(crate::teardown::CloseStdio(open(stdin, stdout)?));
+        self.tree.close_stdio = Some(crate::guard::teardown::CloseStdio(open(stdin, stdout)?));
         Ok(())
     }
 

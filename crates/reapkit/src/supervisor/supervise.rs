@@ -12,12 +12,12 @@ use std::process::{Command, ExitStatus};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 use crate::error::{Error, Result};
-use crate::identity::OwnerId;
-use crate::member::Member;
-use crate::ownership::{self, Owner, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR};
-use crate::procfs::ProcId;
+use crate::evidence::identity::OwnerId;
+use crate::os::member::Member;
+use crate::evidence::ownership::{self, Owner, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR};
+use crate::os::procfs::ProcId;
 use crate::sweep::{Findings, Report, Scope, Sweep, EXIT_LEAKS, EXIT_UNCHECKED};
-use crate::{os, teardown};
+use crate::{os, guard::teardown};
 
 /// What is being supervised.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub fn exit_code(status: ExitStatus, report: &Report) -> i32 {
 /// blocked in the calling thread and unblocked in the command.
 pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) -> Sweep) -> Result<Ended> {
     ownership::become_subreaper();
-    crate::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
+    crate::evidence::identity::Viewpoint::current().usable().map_err(|why| Error::Unsupported {
         what: "a /proc of this PID namespace",
         source: std::io::Error::other(why.to_owned()),
     })?;
@@ -92,7 +92,7 @@ pub fn supervise(mode: Supervision, mut cmd: Command, sweep: impl FnOnce(Scope) 
     };
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program,
-        hint: crate::error::fd_limit_hint(&source)
+        hint: crate::os::fd_limit_hint(&source)
             .unwrap_or_else(|| "Check the command after `--`: is it installed and on PATH?".into()),
         source,
     })?;

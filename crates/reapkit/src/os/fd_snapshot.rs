@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::procfs;
+use crate::os::procfs;
 
 /// What a descriptor points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -148,31 +148,6 @@ pub(crate) fn note_tokio_signal_pair(init: impl FnOnce()) {
     });
 }
 
-/// The open descriptor numbers of `pid`, without their targets: one `getdents` pass, about
-/// 4× cheaper than a snapshot (a scoped test takes it at its start, and reads the targets only
-/// if the count changed by its end).
-pub(crate) fn numbers(pid: i32) -> io::Result<Vec<i32>> {
-    numbers_in(&mut fd_dir(pid)?, pid)
-}
-
-/// `/proc/<pid>/fd`, opened as a directory; on the portable backend `/dev/fd`, which lists
-/// this process's own descriptors only.
-fn fd_dir(pid: i32) -> io::Result<nix::dir::Dir> {
-    use nix::fcntl::OFlag;
-    let path = if crate::os::PROC_TABLE {
-        format!("/proc/{pid}/fd")
-    } else if pid as u32 == std::process::id() {
-        "/dev/fd".to_owned()
-    } else {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the portable backend lists only this process's own descriptors (/dev/fd)",
-        ));
-    };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    Ok(nix::dir::Dir::open(path.as_str(), flags, nix::sys::stat::Mode::empty())?)
-}
-
 /// What descriptor `fd` of this process refers to, in the form of `/proc/self/fd`'s links.
 pub(crate) fn target_of_own(fd: i32) -> Option<String> {
     if crate::os::PROC_TABLE {
@@ -216,28 +191,12 @@ fn path_of_own(_fd: i32) -> Option<String> {
     None
 }
 
-/// The descriptor numbers listed in `dir` (of `pid`), not counting the directory's own
-/// descriptor when a process lists itself.
-fn numbers_in(dir: &mut nix::dir::Dir, pid: i32) -> io::Result<Vec<i32>> {
-    use std::os::fd::AsRawFd;
-    let own = (pid as u32 == std::process::id()).then(|| dir.as_raw_fd());
-    let mut found = Vec::new();
-    for entry in dir.iter() {
-        if let Some(fd) = entry?.file_name().to_str().ok().and_then(|n| n.parse::<i32>().ok()) {
-            if Some(fd) != own {
-                found.push(fd);
-            }
-        }
-    }
-    Ok(found)
-}
-
 /// Every descriptor of `pid` with its target, read with `readlinkat` on the listing's own
 /// directory descriptor (no path built per entry).
 fn list(pid: i32) -> io::Result<Vec<Fd>> {
-    let mut dir = fd_dir(pid)?;
+    let mut dir = procfs::fd_dir(pid)?;
     let mut fds = Vec::new();
-    for fd in numbers_in(&mut dir, pid)? {
+    for fd in procfs::fd_numbers_in(&mut dir, pid)? {
         // Closed since the listing: not open, so not in the snapshot.
         let target = if crate::os::PROC_TABLE {
             nix::fcntl::readlinkat(&dir, fd.to_string().as_str()).ok().map(|t| t.to_string_lossy().into_owned())

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::procfs::{self, ProcId};
+use crate::os::procfs::{self, ProcId};
 
 /// The inode of the initial PID namespace (`PROC_PID_INIT_INO`): fixed since Linux 3.8.
 const INIT_PID_NS: u64 = 0xEFFF_FFFC;
@@ -128,7 +128,7 @@ impl std::str::FromStr for OwnerId {
     /// of reapkit before 0.2 included) proves nothing.
     fn from_str(s: &str) -> Result<OwnerId, String> {
         let bad = || {
-            format!("{:?} is not an owner (<pid>:<starttime>:<pid namespace>:<boot id>)", crate::escape::evidence(s))
+            format!("{:?} is not an owner (<pid>:<starttime>:<pid namespace>:<boot id>)", crate::evidence::escape::evidence(s))
         };
         let mut parts = s.splitn(4, ':');
         let (Some(pid), Some(start), Some(ns), Some(boot)) = (parts.next(), parts.next(), parts.next(), parts.next())

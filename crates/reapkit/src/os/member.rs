@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::os;
-use crate::procfs::ProcId;
+use crate::os::procfs::ProcId;
 
 /// A process of a guarded tree (or a proven leftover), held so that a recycled pid is never
 /// signalled.

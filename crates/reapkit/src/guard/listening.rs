@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::fd_snapshot::{FdKind, FdSnapshot};
+use crate::os::fd_snapshot::{FdKind, FdSnapshot};
 
 /// The most read of one `/proc/<pid>/net/*` table (about 50,000 TCP sockets).
 pub const MAX_TABLE_BYTES: u64 = 8 << 20;
@@ -52,7 +52,7 @@ impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ListenAddr::Tcp { addr } => write!(f, "tcp {addr}"),
-            ListenAddr::Unix { path } => write!(f, "unix {}", crate::escape::evidence(path)),
+            ListenAddr::Unix { path } => write!(f, "unix {}", crate::evidence::escape::evidence(path)),
         }
     }
 }
@@ -91,7 +91,7 @@ impl std::fmt::Display for Listen {
         match self {
             Listen::Tcp(0) => write!(f, "a TCP port"),
             Listen::Tcp(port) => write!(f, "TCP port {port}"),
-            Listen::Unix(path) => write!(f, "the Unix socket {}", crate::escape::evidence(&path.to_string_lossy())),
+            Listen::Unix(path) => write!(f, "the Unix socket {}", crate::evidence::escape::evidence(&path.to_string_lossy())),
         }
     }
 }
@@ -140,7 +140,7 @@ pub fn holders_of_port(port: u16, netns_pid: i32) -> Vec<Listener> {
     }
     let netns = netns_of(netns_pid);
     let mut out = Vec::new();
-    for pid in crate::procfs::pids() {
+    for pid in crate::os::procfs::pids() {
         if netns_of(pid) != netns {
             continue;
         }

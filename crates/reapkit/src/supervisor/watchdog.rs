@@ -24,15 +24,15 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::identity::OwnerId;
-use crate::ledger;
-use crate::member::Member;
+use crate::evidence::identity::OwnerId;
+use crate::evidence::ledger;
+use crate::os::member::Member;
 use crate::os;
-use crate::ownership::{
+use crate::evidence::ownership::{
     Owner, ENV_GUARD, ENV_LEDGER_DIR, ENV_OWNER, ENV_RUN_ID, ENV_SUPERVISOR, ENV_TEST, ENV_WATCHDOG,
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
-use crate::procfs::ProcId;
+use crate::os::procfs::ProcId;
 use crate::sweep::{DockerCheck, Scope, Sweep, Witness};
 
 /// The watchdog's SIGTERM-to-SIGKILL grace for its owner's leftovers.
@@ -71,7 +71,7 @@ pub(crate) fn ensure(ledger_dir: &Path) {
         Err(e) => crate::error::warn(&format!(
             "reapkit: could not start the watchdog ({e}); a test killed before its guards drop will leak \
              until `reapkit reap` runs{}",
-            crate::error::fd_limit_hint(&e).map_or_else(String::new, |hint| format!(". {hint}"))
+            crate::os::fd_limit_hint(&e).map_or_else(String::new, |hint| format!(". {hint}"))
         )),
     }
 }
@@ -90,7 +90,7 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    match crate::ownership::direct_supervisor() {
+    match crate::evidence::ownership::direct_supervisor() {
         Some(supervisor) => cmd.env(ENV_SUPERVISOR, supervisor.to_string()),
         None => cmd.env_remove(ENV_SUPERVISOR),
     };
@@ -102,12 +102,12 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
     // Never waited for: it outlives this process by design, then exits on its own.
     let pid = cmd.spawn()?.id() as i32;
     if let Some(lifeline) = lifeline {
-        crate::fd_snapshot::note_own_lifetime(lifeline.keep());
+        crate::os::fd_snapshot::note_own_lifetime(lifeline.keep());
     }
     Ok(pid)
 }
 
-/// The watchdog's `main` (see [`crate::reexec`]): waits for its owner's death, then reaps.
+/// The watchdog's `main` (see [`crate::supervisor::reexec`]): waits for its owner's death, then reaps.
 pub(crate) fn watch(owner: &str) -> i32 {
     // Our owner is our parent: same boot, same namespace. Anything else is not ours to watch.
     let Ok(owner) = owner.parse::<OwnerId>() else { return 2 };
@@ -122,7 +122,7 @@ pub(crate) fn watch(owner: &str) -> i32 {
         }
         None => Some(witness_until_death(&owner, &dir)),
     };
-    if let Some(supervisor) = crate::ownership::supervisor().filter(|s| *s == OwnerId::here(s.process)) {
+    if let Some(supervisor) = crate::evidence::ownership::supervisor().filter(|s| *s == OwnerId::here(s.process)) {
         wait_for_death(supervisor.process);
     }
     let grace = std::env::var(ENV_WATCHDOG_GRACE)

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::os;
-use crate::process::{ProcessBuilder, ProcessGuard};
-use crate::teardown::Teardown;
+use crate::guard::process::{ProcessBuilder, ProcessGuard};
+use crate::guard::teardown::Teardown;
 
 /// The protocol version reapkit asks for first.
 pub const LATEST_PROTOCOL_VERSION: &str = SUPPORTED_PROTOCOL_VERSIONS[0];

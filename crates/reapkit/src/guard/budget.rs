@@ -15,8 +15,8 @@ use std::fmt;
 use std::io;
 
 use crate::error::{Error, Result};
-use crate::fd_snapshot::FdSnapshot;
-use crate::procfs::{self, ProcId};
+use crate::os::fd_snapshot::FdSnapshot;
+use crate::os::procfs::{self, ProcId};
 
 /// How many opened descriptors or new descendants a violation report names.
 const NAMED_AT_MOST: usize = 10;
@@ -423,7 +423,7 @@ impl fmt::Display for BudgetUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProcessGuard;
+    use crate::guard::process::ProcessGuard;
     use std::process::Command;
     use std::time::Instant;
 

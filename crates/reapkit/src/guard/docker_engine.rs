@@ -17,7 +17,7 @@ use std::time::Duration;
 use bollard::Docker;
 
 use crate::error::{Error, Result};
-use crate::fd_snapshot::{self, Fd, FdSnapshot};
+use crate::os::fd_snapshot::{self, Fd, FdSnapshot};
 
 /// The engine address used when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";

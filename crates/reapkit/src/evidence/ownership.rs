@@ -8,8 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::identity::OwnerId;
-use crate::procfs::ProcId;
+use crate::evidence::identity::OwnerId;
+use crate::os::procfs::ProcId;
 
 /// The run: `NEXTEST_RUN_ID`, or the one `cargo xtask`/`reapkit run` set, or one per process.
 pub const ENV_RUN_ID: &str = "REAPKIT_RUN_ID";
@@ -29,6 +29,29 @@ pub const ENV_WATCHDOG_GRACE: &str = "REAPKIT_WATCHDOG_GRACE";
 /// Set on the watchdog process only: the owner (an [`OwnerId`]) it watches. It is what makes a
 /// re-executed test binary a watchdog, and what tells sweeps that a process is a watchdog.
 pub const ENV_WATCHDOG_OWNER: &str = "REAPKIT_WATCHDOG_OWNER";
+/// Set on a keeper only: the owner (an [`OwnerId`]) whose death makes it end its tree. What
+/// makes a re-executed test binary a keeper, and what tells sweeps a process is one.
+pub const ENV_KEEPER: &str = "REAPKIT_KEEPER";
+/// Set on a keeper only: the guard whose tree it keeps.
+pub const ENV_KEEPER_GUARD: &str = "REAPKIT_KEEPER_GUARD";
+/// Set on a fixture keeper only: the key of the fixture it keeps (`<name>-<hash>`). What tells
+/// sweeps a process is one.
+pub const ENV_SHARED: &str = "REAPKIT_SHARED";
+/// The prefix of every cgroup reapkit creates (`reapkit-<guard id>`): a name, which proves
+/// nothing by itself.
+pub const CGROUP_PREFIX: &str = "reapkit-";
+
+/// Labels put on every container and network at create; the sweep finds leftovers by them.
+pub const LABEL_RUN_ID: &str = "reapkit.run-id";
+pub const LABEL_OWNER: &str = "reapkit.owner";
+pub const LABEL_OWNER_HOST: &str = "reapkit.owner-host";
+pub const LABEL_GUARD: &str = "reapkit.guard";
+pub const LABEL_TEST: &str = "reapkit.test";
+pub const LABEL_CREATED: &str = "reapkit.created";
+/// The `reapkit run`/`wrap` the owner ran under (`REAPKIT_SUPERVISOR`), when there is one: how
+/// a supervisor tells its own run's containers from another job's with the same run id.
+pub const LABEL_SUPERVISOR: &str = "reapkit.supervisor";
+
 /// The [`OwnerId`] of a `reapkit run`/`reapkit wrap` supervising this process: the
 /// watchdog of a test it supervises directly leaves the clean-up to it while it lives.
 pub const ENV_SUPERVISOR: &str = "REAPKIT_SUPERVISOR";
@@ -68,7 +91,7 @@ fn run_id() -> String {
         }
         crate::error::warn(&format!(
             "reapkit: ignoring {k}={:?}: a run id is 1 to 128 letters, digits and `._-+@:`",
-            crate::escape::evidence(&value)
+            crate::evidence::escape::evidence(&value)
         ));
         None
     };
@@ -85,7 +108,7 @@ pub fn valid_id(s: &str) -> bool {
 
 /// Whether `s` may be a test name: at most 1024 bytes, no control characters.
 pub fn valid_test_name(s: &str) -> bool {
-    s.len() <= MAX_TEST_NAME && s == crate::escape::evidence(s)
+    s.len() <= MAX_TEST_NAME && s == crate::evidence::escape::evidence(s)
 }
 
 const MAX_TEST_NAME: usize = 1024;
@@ -95,7 +118,7 @@ pub(crate) fn sanitized_test_name(name: &str) -> String {
     if valid_test_name(name) {
         return name.to_owned();
     }
-    let mut out: String = crate::escape::evidence(name).into_owned();
+    let mut out: String = crate::evidence::escape::evidence(name).into_owned();
     while out.len() > MAX_TEST_NAME {
         out.pop();
     }
@@ -140,7 +163,7 @@ pub fn owner_of_guard(guard: &str) -> Option<OwnerId> {
     if parts.next().is_some() || seq.parse::<u64>().is_err() {
         return None;
     }
-    let boot = &crate::identity::Viewpoint::current().boot;
+    let boot = &crate::evidence::identity::Viewpoint::current().boot;
     format!("{pid}:{start}:{pidns}:{boot}").parse().ok()
 }
 

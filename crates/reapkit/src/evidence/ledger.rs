@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::identity::OwnerId;
-use crate::ownership::{self, Owner, ENV_LEDGER_DIR};
-use crate::procfs::ProcId;
+use crate::evidence::identity::OwnerId;
+use crate::evidence::ownership::{self, Owner, ENV_LEDGER_DIR};
+use crate::os::procfs::ProcId;
 
 /// The record format this reapkit writes and reads: 2 added the owner's boot and namespace.
 pub const RECORD_VERSION: u32 = 2;
@@ -109,7 +109,7 @@ impl Record {
                 self.version
             ));
         }
-        let bad = |what: &str, value: &str| format!("its {what} {:?} is malformed", crate::escape::evidence(value));
+        let bad = |what: &str, value: &str| format!("its {what} {:?} is malformed", crate::evidence::escape::evidence(value));
         if !ownership::valid_id(&self.guard) {
             return Err(bad("guard id", &self.guard));
         }
@@ -143,7 +143,7 @@ impl Entry {
         record.validate(None).map_err(|e| ledger_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let path = dir.join(format!("{}.json", record.guard));
         let body = serde_json::to_vec(record).map_err(|e| ledger_err(e.into()))?;
-        crate::safe_fs::write_atomic(&path, &body).map_err(ledger_err)?;
+        crate::os::safe_fs::write_atomic(&path, &body).map_err(ledger_err)?;
         Ok(Entry { path })
     }
 
@@ -200,7 +200,7 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
         other => other.map_err(ledger_err)?,
     };
-    let uid = crate::procfs::my_uid();
+    let uid = crate::os::procfs::my_uid();
     if meta.uid() != uid {
         return Err(ledger_err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
@@ -232,7 +232,7 @@ pub fn read_dir(dir: &Path) -> Result<Contents, Error> {
 /// Reads one record as hostile input: a regular file of ours (no FIFO, device or symlink; opened
 /// non-blocking, so that even a FIFO swapped in after the check cannot block), bounded in size.
 pub(crate) fn read_record(path: &Path) -> Result<Record, String> {
-    let body = crate::safe_fs::read_bounded(path, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
+    let body = crate::os::safe_fs::read_bounded(path, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
     let record: Record = serde_json::from_slice(&body).map_err(|e| format!("not a reapkit record: {e}"))?;
     let stem = path.file_stem().and_then(|s| s.to_str());
     record.validate(stem).map_err(|e| format!("not a valid reapkit record: {e}"))?;
@@ -273,7 +273,7 @@ pub fn default_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     target_dir().map_or_else(
-        || std::env::temp_dir().join(format!("reapkit-{}", crate::procfs::my_uid())),
+        || std::env::temp_dir().join(format!("reapkit-{}", crate::os::procfs::my_uid())),
         |t| t.join("reapkit"),
     )
 }
@@ -300,7 +300,7 @@ pub fn target_dir() -> Option<PathBuf> {
 fn prepare(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".probe-{}", std::process::id()));
-    drop(crate::safe_fs::create_fresh(&probe)?);
+    drop(crate::os::safe_fs::create_fresh(&probe)?);
     std::fs::remove_file(&probe)?;
     index::note(dir);
     Ok(())
@@ -332,7 +332,7 @@ pub mod index {
             .or_else(|| std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".local/state")));
         match state {
             Some(dir) if dir.is_absolute() => dir.join("reapkit/ledgers"),
-            _ => std::env::temp_dir().join(format!("reapkit-{}", crate::procfs::my_uid())).join("ledgers"),
+            _ => std::env::temp_dir().join(format!("reapkit-{}", crate::os::procfs::my_uid())).join("ledgers"),
         }
     }
 
@@ -352,7 +352,7 @@ pub mod index {
         let appended = file.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
             let mut line = std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).to_vec();
             line.push(b'\n');
-            crate::safe_fs::open_append(&file)?.write_all(&line)
+            crate::os::safe_fs::open_append(&file)?.write_all(&line)
         });
         if appended.is_ok() && std::fs::metadata(&file).is_ok_and(|m| m.len() > MAX_INDEX_BYTES) {
             prune();
@@ -363,7 +363,7 @@ pub mod index {
     pub fn read() -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for dir in listed() {
-            let ours = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == crate::procfs::my_uid());
+            let ours = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == crate::os::procfs::my_uid());
             if ours && !dirs.contains(&dir) {
                 dirs.push(dir);
             }
@@ -374,7 +374,7 @@ pub mod index {
     /// Every absolute path the file lists, as read: a regular file of ours, at most
     /// `MAX_INDEX_BYTES`, opened without following a symlink or blocking.
     fn listed() -> Vec<PathBuf> {
-        let Ok(bytes) = crate::safe_fs::read_bounded(&path(), MAX_INDEX_BYTES) else { return Vec::new() };
+        let Ok(bytes) = crate::os::safe_fs::read_bounded(&path(), MAX_INDEX_BYTES) else { return Vec::new() };
         bytes
             .split(|&b| b == b'\n')
             .filter(|line| line.first() == Some(&b'/'))
@@ -389,7 +389,7 @@ pub mod index {
             body.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()));
             body.push(b'\n');
         }
-        let _ = crate::safe_fs::write_atomic(&path(), &body);
+        let _ = crate::os::safe_fs::write_atomic(&path(), &body);
     }
 }
 

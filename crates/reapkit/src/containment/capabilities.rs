@@ -21,8 +21,8 @@
 use std::fmt;
 
 use crate::containment::{self, Containment};
-use crate::identity::Viewpoint;
-use crate::ownership::ENV_WATCHDOG;
+use crate::evidence::identity::Viewpoint;
+use crate::evidence::ownership::ENV_WATCHDOG;
 
 /// One thing a user relies on reapkit for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,7 +88,7 @@ pub struct Capabilities {
     /// The operating system (`std::env::consts::OS`).
     pub os: &'static str,
     /// The backend this build has.
-    pub backend: crate::Backend,
+    pub backend: crate::os::Backend,
     pub guarantees: Vec<(Concern, Guarantee)>,
 }
 
@@ -225,7 +225,7 @@ fn fd_checks() -> Guarantee {
         Ok(f) => f,
         Err(e) => return Guarantee::Missing(format!("/dev/null cannot be opened ({e})")),
     };
-    match crate::fd_snapshot::numbers(std::process::id() as i32) {
+    match crate::os::procfs::fd_numbers(std::process::id() as i32) {
         Ok(fds) if fds.contains(&probe.as_raw_fd()) => Guarantee::Full(table.into()),
         Ok(_) => {
             Guarantee::Missing(format!("{table} does not list every descriptor (FreeBSD: mount fdescfs on /dev/fd)"))
@@ -242,7 +242,7 @@ fn process_table() -> Guarantee {
                 .into(),
         );
     }
-    match crate::procfs::Stat::read(std::process::id() as i32) {
+    match crate::os::procfs::Stat::read(std::process::id() as i32) {
         Ok(_) => Guarantee::Full("/proc".into()),
         Err(e) => Guarantee::Missing(format!("/proc cannot be read ({e})")),
     }

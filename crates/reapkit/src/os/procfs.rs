@@ -161,11 +161,17 @@ pub fn descendants(pid: i32) -> Vec<ProcId> {
     out
 }
 
+/// The cgroup2 path of `pid` (`/a/b`, relative to the mount's root), from `/proc/<pid>/cgroup`.
+pub(crate) fn cgroup_of(pid: i32) -> Option<String> {
+    let lines = path(format_args!("{pid}/cgroup")).and_then(std::fs::read_to_string).ok()?;
+    lines.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
 /// Number of open fds of `pid`: `stat("/proc/<pid>/fd").st_size` on Linux ≥ 6.2 (≈ 0.5 µs),
 /// else a directory listing.
 pub fn fd_count(pid: i32) -> io::Result<usize> {
     if !crate::os::PROC_TABLE {
-        return crate::fd_snapshot::numbers(pid).map(|n| n.len());
+        return fd_numbers(pid).map(|n| n.len());
     }
     let dir = path(format_args!("{pid}/fd"))?;
     let size = std::fs::metadata(&dir)?.size();
@@ -173,6 +179,47 @@ pub fn fd_count(pid: i32) -> io::Result<usize> {
         return Ok(size as usize);
     }
     Ok(std::fs::read_dir(&dir)?.count())
+}
+
+/// The open descriptor numbers of `pid`, without their targets: one `getdents` pass, about
+/// 4× cheaper than a snapshot (a scoped test takes it at its start, and reads the targets only
+/// if the count changed by its end).
+pub(crate) fn fd_numbers(pid: i32) -> io::Result<Vec<i32>> {
+    fd_numbers_in(&mut fd_dir(pid)?, pid)
+}
+
+/// `/proc/<pid>/fd`, opened as a directory; on the portable backend `/dev/fd`, which lists
+/// this process's own descriptors only.
+pub(crate) fn fd_dir(pid: i32) -> io::Result<nix::dir::Dir> {
+    use nix::fcntl::OFlag;
+    let path = if crate::os::PROC_TABLE {
+        format!("/proc/{pid}/fd")
+    } else if pid as u32 == std::process::id() {
+        "/dev/fd".to_owned()
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the portable backend lists only this process's own descriptors (/dev/fd)",
+        ));
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::dir::Dir::open(path.as_str(), flags, nix::sys::stat::Mode::empty())?)
+}
+
+/// The descriptor numbers listed in `dir` (of `pid`), not counting the directory's own
+/// descriptor when a process lists itself.
+pub(crate) fn fd_numbers_in(dir: &mut nix::dir::Dir, pid: i32) -> io::Result<Vec<i32>> {
+    use std::os::fd::AsRawFd;
+    let own = (pid as u32 == std::process::id()).then(|| dir.as_raw_fd());
+    let mut found = Vec::new();
+    for entry in dir.iter() {
+        if let Some(fd) = entry?.file_name().to_str().ok().and_then(|n| n.parse::<i32>().ok()) {
+            if Some(fd) != own {
+                found.push(fd);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// What a `get_server_info` tool or a monitoring service shows of a live process.

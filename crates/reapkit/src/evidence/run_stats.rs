@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::identity::OwnerId;
-use crate::ownership;
+use crate::evidence::identity::OwnerId;
+use crate::evidence::ownership;
 
 /// The most of one run's log read (about 200,000 events).
 pub const MAX_LOG_BYTES: u64 = 16 << 20;
@@ -112,7 +112,7 @@ impl RunStats {
             }
         }
         stats.failed_to_start += starts.saturating_sub(stats.guards_created);
-        let mut places = crate::identity::Namespaces::new();
+        let mut places = crate::evidence::identity::Namespaces::new();
         for (who, (up, ended)) in outstanding {
             let left = up.saturating_sub(ended);
             if left > 0 && gone(who, &mut places) {
@@ -151,7 +151,7 @@ impl RunStats {
 
 /// This user's run logs: `runs/` beside the ledger index (`$XDG_STATE_HOME/reapkit/runs`).
 pub fn dir() -> PathBuf {
-    crate::ledger::index::path().with_file_name("runs")
+    crate::evidence::ledger::index::path().with_file_name("runs")
 }
 
 /// Appends `event` of this process to its run's log. Best effort: statistics never fail a
@@ -168,9 +168,9 @@ pub(crate) fn note(event: Event) {
         Event::SharedStarted => format!("v1 shared-start {}\n", owner.id),
         Event::SharedReused => format!("v1 shared-reuse {}\n", owner.id),
     };
-    let file = crate::safe_fs::open_append(&path).or_else(|_| {
+    let file = crate::os::safe_fs::open_append(&path).or_else(|_| {
         std::fs::create_dir_all(&dir)?;
-        crate::safe_fs::open_append(&path)
+        crate::os::safe_fs::open_append(&path)
     });
     if let Ok(mut file) = file {
         let _ = file.write_all(line.as_bytes());
@@ -181,7 +181,7 @@ pub(crate) fn note(event: Event) {
 /// a test process that wrote to it still runs (another job that shares the run id).
 pub fn clear(dir: &Path, run_id: &str) {
     if let Some(path) = log_path(dir, run_id) {
-        if all_owners_gone(&path, &mut crate::identity::Namespaces::new()) {
+        if all_owners_gone(&path, &mut crate::evidence::identity::Namespaces::new()) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -193,7 +193,7 @@ pub fn clear(dir: &Path, run_id: &str) {
 /// it can see that no one of it is left.
 pub fn clear_ended(dir: &Path, idle: std::time::Duration, max_age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut places = crate::identity::Namespaces::new();
+    let mut places = crate::evidence::identity::Namespaces::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let meta = entry.metadata().ok().filter(|m| m.is_file());
@@ -210,7 +210,7 @@ pub fn clear_ended(dir: &Path, idle: std::time::Duration, max_age: std::time::Du
 
 /// Whether every test process that wrote the log at `path` is provably gone (an empty or
 /// unreadable log has none left).
-fn all_owners_gone(path: &Path, places: &mut crate::identity::Namespaces) -> bool {
+fn all_owners_gone(path: &Path, places: &mut crate::evidence::identity::Namespaces) -> bool {
     let Some(text) = read_log(path) else { return true };
     let mut owners: Vec<&str> = text.lines().filter_map(parse).map(|(_, who)| who).collect();
     owners.sort_unstable();
@@ -219,8 +219,8 @@ fn all_owners_gone(path: &Path, places: &mut crate::identity::Namespaces) -> boo
 }
 
 /// Whether the test process `owner` (an owner id as the log writes it) is provably gone.
-fn gone(owner: &str, places: &mut crate::identity::Namespaces) -> bool {
-    use crate::identity::Whereabouts;
+fn gone(owner: &str, places: &mut crate::evidence::identity::Namespaces) -> bool {
+    use crate::evidence::identity::Whereabouts;
     owner.parse::<OwnerId>().is_ok_and(|o| matches!(places.owner(&o), Whereabouts::Gone(_) | Whereabouts::OtherBoot))
 }
 
@@ -231,7 +231,7 @@ fn log_path(dir: &Path, run_id: &str) -> Option<PathBuf> {
 
 /// The log at `path` if it is a regular file of ours of at most [`MAX_LOG_BYTES`].
 fn read_log(path: &Path) -> Option<String> {
-    let bytes = crate::safe_fs::read_bounded(path, MAX_LOG_BYTES).ok()?;
+    let bytes = crate::os::safe_fs::read_bounded(path, MAX_LOG_BYTES).ok()?;
     String::from_utf8(bytes).ok()
 }
 
@@ -306,7 +306,7 @@ mod tests {
     fn a_run_is_over_when_its_log_is_quiet_and_its_test_processes_are_gone_or_it_is_a_week_old() {
         let dir = tempfile::tempdir().unwrap();
         let me = OwnerId::of_self().unwrap();
-        let dead = crate::procfs::ProcId { pid: me.process.pid, start_time: me.process.start_time + 1 };
+        let dead = crate::os::procfs::ProcId { pid: me.process.pid, start_time: me.process.start_time + 1 };
         let dead = OwnerId { process: dead, ..me.clone() };
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         let week_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
@@ -330,9 +330,9 @@ mod tests {
     }
 
     /// Our parent: a live process of this boot and namespace that logged nothing.
-    fn reapkit_self_parent() -> crate::ProcId {
-        let parent = crate::procfs::Stat::read(std::process::id() as i32).unwrap().ppid;
-        crate::ProcId::of(parent).unwrap()
+    fn reapkit_self_parent() -> crate::os::procfs::ProcId {
+        let parent = crate::os::procfs::Stat::read(std::process::id() as i32).unwrap().ppid;
+        crate::os::procfs::ProcId::of(parent).unwrap()
     }
 
     #[test]

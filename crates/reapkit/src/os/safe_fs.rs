@@ -102,7 +102,7 @@ fn checked(file: File) -> io::Result<File> {
             format!("it is {}, not a regular file", kind(&meta.file_type())),
         ));
     }
-    let uid = crate::procfs::my_uid();
+    let uid = crate::os::procfs::my_uid();
     if meta.uid() != uid {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -118,7 +118,7 @@ fn named(e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(libc::ELOOP) => io::Error::new(io::ErrorKind::InvalidData, "it is a symlink, not a regular file"),
         Some(libc::ENXIO) => io::Error::new(io::ErrorKind::InvalidData, "it is a FIFO or socket, not a regular file"),
-        _ => match crate::error::fd_limit_hint(&e) {
+        _ => match crate::os::fd_limit_hint(&e) {
             Some(hint) => io::Error::new(e.kind(), format!("{e}. {hint}")),
             None => e,
         },

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::ownership;
-use crate::run_stats::{self, Event};
+use crate::evidence::ownership;
+use crate::evidence::run_stats::{self, Event};
 
 /// What a test scope tells the guards created in it, and what they leave there.
 pub(crate) struct Slot {

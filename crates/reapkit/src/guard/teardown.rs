@@ -28,15 +28,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::capabilities::{Concern, Guarantee};
+use crate::containment::capabilities::{Concern, Guarantee};
 use crate::containment::cgroup::{self, GuardCgroup};
 use crate::containment::{keeper, Containment};
-use crate::ledger;
-use crate::member::Member;
+use crate::evidence::ledger;
+use crate::os::member::Member;
 use crate::os;
-use crate::ownership::ENV_GUARD;
-use crate::procfs::{self, MarkerScan, ProcId};
-use crate::stderr_ring::StderrRing;
+use crate::evidence::ownership::ENV_GUARD;
+use crate::os::procfs::{self, MarkerScan, ProcId};
+use crate::guard::stderr_ring::StderrRing;
 
 /// How long SIGKILLed processes get to disappear before teardown reports them as unkillable
 /// (a process in uninterruptible sleep, e.g. on a hung NFS mount).
@@ -99,7 +99,7 @@ pub struct Teardown {
     pub reaped: Vec<ProcId>,
     /// Anything that did not go to plan, in words.
     pub problems: Vec<String>,
-    /// What this guard's containment could not vouch for here ([`crate::capabilities()`]): a
+    /// What this guard's containment could not vouch for here ([`crate::containment::capabilities::capabilities()`]): a
     /// clean teardown is clean only as far as these allow.
     pub gaps: Vec<(Concern, Guarantee)>,
     pub total: Duration,
@@ -127,7 +127,7 @@ impl std::fmt::Display for Teardown {
             write!(f, "; also killed {} in the tree and {} escapees", self.killed.len(), self.escapees.len())?;
         }
         for p in &self.problems {
-            write!(f, "; {}", crate::escape::evidence(p))?;
+            write!(f, "; {}", crate::evidence::escape::evidence(p))?;
         }
         for (concern, guarantee) in &self.gaps {
             match guarantee {
@@ -215,7 +215,7 @@ impl Tree {
         let mut held: Vec<crate::registry::HeldFd> =
             fds.into_iter().map(|fd| crate::registry::HeldFd { fd, target: None }).collect();
         for fd in self.stderr.iter().flat_map(StderrRing::thread_fds) {
-            let target = crate::fd_snapshot::target_of_own(fd);
+            let target = crate::os::fd_snapshot::target_of_own(fd);
             held.extend(target.map(|t| crate::registry::HeldFd { fd, target: Some(t) }));
         }
         held
@@ -589,7 +589,7 @@ fn finish(tree: &mut Tree, mut run: Run) -> Teardown {
         escapees: run.escapees.iter().map(|m| m.id).collect(),
         reaped,
         problems: run.problems,
-        gaps: crate::capabilities::containment_gaps(tree.holder.containment()),
+        gaps: crate::containment::capabilities::containment_gaps(tree.holder.containment()),
         total: run.started.elapsed(),
     }
 }

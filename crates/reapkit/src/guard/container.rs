@@ -19,23 +19,16 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use crate::docker_engine::Engine;
+use crate::guard::docker_engine::Engine;
 use crate::error::{Error, Result};
-use crate::ledger;
-use crate::ownership::{self, Owner};
-use crate::process::DEFAULT_READY_TIMEOUT;
+use crate::evidence::ledger;
+use crate::evidence::ownership::{self, Owner};
+use crate::guard::DEFAULT_READY_TIMEOUT;
 use crate::registry::{self, Attachment};
 
-/// Labels put on every container and network at create; the sweep finds leftovers by them.
-pub const LABEL_RUN_ID: &str = "reapkit.run-id";
-pub const LABEL_OWNER: &str = "reapkit.owner";
-pub const LABEL_OWNER_HOST: &str = "reapkit.owner-host";
-pub const LABEL_GUARD: &str = "reapkit.guard";
-pub const LABEL_TEST: &str = "reapkit.test";
-pub const LABEL_CREATED: &str = "reapkit.created";
-/// The `reapkit run`/`wrap` the owner ran under (`REAPKIT_SUPERVISOR`), when there is one: how
-/// a supervisor tells its own run's containers from another job's with the same run id.
-pub const LABEL_SUPERVISOR: &str = "reapkit.supervisor";
+pub use crate::evidence::ownership::{
+    LABEL_CREATED, LABEL_GUARD, LABEL_OWNER, LABEL_OWNER_HOST, LABEL_RUN_ID, LABEL_SUPERVISOR, LABEL_TEST,
+};
 
 /// Default SIGTERM-to-SIGKILL time of `docker stop`, like the process guard's `term_grace`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,7 +51,7 @@ pub enum Ready {
     /// [`ProcessBuilder::listen`](crate::ProcessBuilder::listen): its own socket, never a
     /// connection anyone could answer. The port is the container's network namespace's — the
     /// host's with `network_mode("host")`; [`Container::port`] says which it bound.
-    Listening(crate::Listen),
+    Listening(crate::guard::listening::Listen),
 }
 
 /// Builds a [`Container`]: `Container::builder("image").cmd([...]).start()`. It serializes
@@ -205,7 +198,7 @@ impl ContainerBuilder {
     fn prepare(mut self) -> Result<(Arc<Engine>, std::path::PathBuf, Spec)> {
         let ledger_dir = ledger::resolve(self.ledger_dir.as_deref())?;
         // What the guard will hold: the engine's runtime and connections, if it opens them now.
-        let fds_before = crate::fd_snapshot::numbers(std::process::id() as i32).unwrap_or_default();
+        let fds_before = crate::os::procfs::fd_numbers(std::process::id() as i32).unwrap_or_default();
         let engine = Engine::get(self.docker_host.as_deref())?;
         let scope = Attachment::current();
         registry::guard_starting(scope.as_ref(), &ledger_dir, Some(engine.host()));
@@ -362,11 +355,11 @@ impl Container {
         container.ledger = Some(ledger::Entry::write(&ledger_dir, &record)?);
         // The engine's runtime and connections (sockets, epoll, eventfd) that appeared meanwhile;
         // never a file or a pipe, which another thread of the test process may have opened.
-        let now = crate::fd_snapshot::FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
+        let now = crate::os::fd_snapshot::FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
         let fds = now
             .into_iter()
             .filter(|fd| !spec.fds_before.contains(&fd.fd))
-            .filter(|fd| matches!(fd.kind, crate::FdKind::Socket | crate::FdKind::AnonInode))
+            .filter(|fd| matches!(fd.kind, crate::os::fd_snapshot::FdKind::Socket | crate::os::fd_snapshot::FdKind::AnonInode))
             .map(|fd| registry::HeldFd { fd: fd.fd, target: Some(fd.target) })
             .collect();
         let what = match &record.resource {
@@ -420,17 +413,17 @@ impl Container {
     }
 
     /// What its processes listen on, seen from `/proc` (empty once it stopped).
-    pub fn listeners(&self) -> Vec<crate::Listener> {
+    pub fn listeners(&self) -> Vec<crate::guard::listening::Listener> {
         self.first_pid().map(listeners_of).unwrap_or_default()
     }
 
     /// Its first process as this machine's `/proc` shows it, proven by its cgroup naming the
     /// container; `None` when it is not visible from here (a remote engine, another PID
     /// namespace) or has stopped. What a waiter holds a pidfd of, to learn of its end at once.
-    pub(crate) fn first_process(&self) -> Option<crate::ProcId> {
+    pub(crate) fn first_process(&self) -> Option<crate::os::procfs::ProcId> {
         let pid = self.first_pid()?;
-        let cgroup = crate::containment::cgroup::cgroup_of(pid)?;
-        cgroup.contains(&self.id).then(|| crate::ProcId::of(pid)).flatten()
+        let cgroup = crate::os::procfs::cgroup_of(pid)?;
+        cgroup.contains(&self.id).then(|| crate::os::procfs::ProcId::of(pid)).flatten()
     }
 
     /// The engine's host pid of its first process, while it runs.
@@ -645,9 +638,9 @@ async fn init_pid(docker: &Docker, id: &str) -> Option<i32> {
 }
 
 /// What the processes of the container whose first process is `pid` listen on.
-fn listeners_of(pid: i32) -> Vec<crate::Listener> {
-    let pids: Vec<i32> = std::iter::once(pid).chain(crate::procfs::descendants(pid).iter().map(|d| d.pid)).collect();
-    crate::listening::of(&pids)
+fn listeners_of(pid: i32) -> Vec<crate::guard::listening::Listener> {
+    let pids: Vec<i32> = std::iter::once(pid).chain(crate::os::procfs::descendants(pid).iter().map(|d| d.pid)).collect();
+    crate::guard::listening::of(&pids)
 }
 
 async fn is_running(docker: &Docker, id: &str) -> bool {
