@@ -136,7 +136,7 @@ pub fn adopt_orphans() {
 /// what stayed in the group got SIGKILL and is waited for by [`reap_orphans`].
 fn end_escapees(tree: &[ProcId]) {
     let Some(leader) = tree.first() else { return };
-    for id in tree.iter().filter(|id| id.is_alive() && !is_zombie(id.pid)) {
+    for id in tree.iter().filter(|id| !exited(id)) {
         if observe::pgrp(id.pid) != Some(leader.pid) {
             eprintln!(
                 "ending the escapee pid {} (`{}`) the portable backend cannot reach",
@@ -152,7 +152,7 @@ fn end_escapees(tree: &[ProcId]) {
 pub fn reap_orphans(tree: &[ProcId]) {
     let me = std::process::id() as i32;
     for id in tree {
-        wait_until(&format!("pid {} has exited", id.pid), || (!id.is_alive() || is_zombie(id.pid)).then_some(()));
+        wait_until(&format!("pid {} has exited", id.pid), || exited(id).then_some(()));
         if observe::children(me).contains(&id.pid) {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(id.pid), None);
         }
@@ -204,8 +204,7 @@ impl Decoy {
         let leader = self.child.id() as i32;
         let status = self.child.try_wait().expect("try_wait on our own child");
         assert!(status.is_none_or(|s| s.code().is_some()), "the decoy (pid {leader}) was killed: {status:?}");
-        let gone: Vec<&ProcId> =
-            self.tree.iter().filter(|id| id.pid != leader && (!id.is_alive() || is_zombie(id.pid))).collect();
+        let gone: Vec<&ProcId> = self.tree.iter().filter(|id| id.pid != leader && exited(id)).collect();
         assert!(gone.is_empty(), "decoy processes without a reapkit marker were killed: {gone:?} of {:?}", self.tree);
     }
 }
@@ -261,7 +260,7 @@ pub fn wait_exit(id: ProcId, what: &str) {
             libc::close(fd);
         }
     }
-    assert!(!id.is_alive() || is_zombie(id.pid), "{what} (pid {}) did not exit within 10 s", id.pid);
+    assert!(exited(&id), "{what} (pid {}) did not exit within 10 s", id.pid);
 }
 
 /// A shared fixture's keeper and everything below it (its fixture's tree, its watchdog),
@@ -279,11 +278,15 @@ pub fn keepers_ended(keepers: &[ProcId], trees: &[ProcId]) -> std::time::Duratio
     }
     let took = started.elapsed();
     for id in trees {
-        wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || {
-            (!id.is_alive() || is_zombie(id.pid)).then_some(())
-        });
+        wait_until(&format!("pid {} of a fixture's tree is gone", id.pid), || exited(id).then_some(()));
     }
     took
+}
+
+/// Exited: a zombie (dead; its parent has not reaped it yet), or gone from `/proc`. Asked in
+/// that order, so that a zombie reaped between the two reads still counts as exited.
+pub fn exited(id: &ProcId) -> bool {
+    is_zombie(id.pid) || !id.is_alive()
 }
 
 /// Whether `pid` exists as a zombie (exited, not yet reaped).
@@ -329,7 +332,7 @@ pub fn end_marked(marker: &str, leader: i32) {
         for id in found.iter().filter(|id| id.pid != leader) {
             // Bounded, and never a panic: this runs in Drop, maybe while unwinding.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while id.is_alive() && !is_zombie(id.pid) && std::time::Instant::now() < deadline {
+            while !exited(id) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             let _ =

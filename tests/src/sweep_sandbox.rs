@@ -17,7 +17,7 @@ use reapkit::procfs::MarkerScan;
 use reapkit::ProcId;
 use serde_json::Value;
 
-use crate::{is_zombie, reapkit_cli, wait_until};
+use crate::{exited, is_zombie, reapkit_cli, wait_until};
 
 /// The uid and gid of `nobody`: "another user" for the tests that need one.
 pub const NOBODY: u32 = 65534;
@@ -327,11 +327,6 @@ pub fn assert_root() {
 /// A test binary of this suite that holds guards (`src/bin/leaky-owner.rs`).
 pub fn leaky_owner() -> PathBuf {
     Path::new(reapkit_cli().get_program()).with_file_name("leaky-owner")
-}
-
-/// Exited: gone from `/proc`, or a zombie (dead; its parent has not reaped it yet).
-pub fn exited(id: &ProcId) -> bool {
-    !id.is_alive() || is_zombie(id.pid)
 }
 
 /// A process started with piped stdin and stdout, ended (with its process group's help where

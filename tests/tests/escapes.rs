@@ -18,7 +18,7 @@ use std::time::Duration;
 use reapkit::procfs::{self, ProcId};
 use reapkit::{Containment, ProcessGuard, Teardown};
 use reapkit_tests::{
-    by_token, end_by_token, fixture, fixture_path, is_zombie, leak_checked, marked, token, wait_until,
+    by_token, end_by_token, exited, fixture, fixture_path, is_zombie, leak_checked, marked, token, wait_until,
 };
 use serial_test::serial;
 
@@ -305,7 +305,7 @@ fn guard_of(leader: ProcId) -> String {
 fn wait_gone(what: &str, ids: &[ProcId], context: &dyn Fn() -> String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let alive: Vec<&ProcId> = ids.iter().filter(|id| id.is_alive() && !is_zombie(id.pid)).collect();
+        let alive: Vec<&ProcId> = ids.iter().filter(|id| !exited(id)).collect();
         if alive.is_empty() {
             return;
         }

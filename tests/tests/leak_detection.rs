@@ -131,7 +131,7 @@ fn a_leaked_child_is_named_and_ended_and_an_older_child_with_the_same_command_su
     assert!(leak.what.contains("fixture-server --children 2"), "{report}");
     assert_eq!(leak.action, "killed with its descendants");
     reapkit_tests::assert_all_gone(&tree);
-    assert!(!reapkit::ProcId::of(pid).is_some_and(|p| p.is_alive() && !reapkit_tests::is_zombie(pid)));
+    assert!(reapkit::ProcId::of(pid).is_none_or(|p| reapkit_tests::exited(&p)));
     decoy.assert_untouched();
     drop(leaked); // its stdin pipe
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reapkit::{McpServer, ProcId, ProcessGuard};
-use reapkit_tests::{is_zombie, leak_checked, marked, real_server, tree_of, wait_until};
+use reapkit_tests::{exited, leak_checked, marked, real_server, tree_of, wait_until};
 use serde_json::json;
 use serial_test::serial;
 
@@ -63,7 +63,7 @@ fn killing_only_the_npx_wrapper_would_orphan_node() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(wrapper), nix::sys::signal::SIGKILL).expect("kill npx");
     let orphans = wait_until("sh and node orphaned by the killed wrapper", || {
         let m: Vec<ProcId> = marked(&guard).into_iter().filter(|p| p.pid != wrapper).collect();
-        (!m.is_empty() && ProcId::of(wrapper).is_none_or(|w| is_zombie(w.pid))).then_some(m)
+        (!m.is_empty() && ProcId::of(wrapper).is_none_or(|w| exited(&w))).then_some(m)
     });
     assert!(!orphans.is_empty(), "sh and node outlive the wrapper");
     let report = server.shutdown();

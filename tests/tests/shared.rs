@@ -152,7 +152,7 @@ fn twenty_attaches_from_threads_and_processes_start_one_server_and_one_container
     run.sh.kill().expect("kill the run");
     let took = keepers_ended(&keepers, &trees);
     assert!(took < Duration::from_secs(1), "the fixtures ended {took:?} after the run");
-    assert!(!server_pid.is_alive() || reapkit_tests::is_zombie(server_pid.pid), "the server outlived its run");
+    assert!(reapkit_tests::exited(&server_pid), "the server outlived its run");
     assert!(!container_exists(&container.what), "the container outlived its run");
     // The surviving test process saw its fixtures end.
     let mut rest = String::new();
@@ -221,7 +221,7 @@ fn a_fixture_reused_across_runs_serves_the_next_run_and_ends_after_its_idle_time
     let users = users_of(first.sh.id() as i32);
     drop(first); // the run is over; its test process sees stdin close and exits
     wait_until("the first run's test process is gone", || {
-        users.iter().all(|&u| ProcId::of(u).is_none_or(|p| reapkit_tests::is_zombie(p.pid))).then_some(())
+        users.iter().all(|&u| ProcId::of(u).is_none_or(|p| reapkit_tests::exited(&p))).then_some(())
     });
 
     let mut second = Run::start(&script);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reapkit::procfs::{MarkerScan, ProcId};
 use reapkit_tests::docker::{docker, engine};
 use reapkit_tests::sweep_sandbox::Spawned;
-use reapkit_tests::{is_zombie, reapkit_cli, wait_until};
+use reapkit_tests::{exited, is_zombie, reapkit_cli, wait_until};
 
 /// A name the leaky test process runs under, as nextest would name it.
 const LEAKY_TEST: &str = "suite::leaks_on_purpose";
@@ -93,11 +93,6 @@ fn has(environ: &[u8], entry: &str) -> bool {
 
 fn has_prefix(environ: &[u8], prefix: &str) -> bool {
     environ.split(|&b| b == 0).any(|e| e.starts_with(prefix.as_bytes()))
-}
-
-/// Exited: gone from `/proc`, or a zombie (dead; its parent has not reaped it yet).
-fn exited(id: &ProcId) -> bool {
-    !id.is_alive() || is_zombie(id.pid)
 }
 
 fn container_exists(id: &str) -> bool {

@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use reapkit::ledger::{Entry, Record, Resource};
 use reapkit::procfs::Stat;
 use reapkit::{OwnerId, ProcId};
-use reapkit_tests::sweep_sandbox::{
-    clean_env, exited, leaky_owner, owned_by, unmarked_sleep, Piped, Sandbox, Spawned, Swept,
-};
-use reapkit_tests::{dead_owner, is_zombie, live_owner, reapkit_cli, wait_until};
+use reapkit_tests::sweep_sandbox::{clean_env, leaky_owner, owned_by, unmarked_sleep, Piped, Sandbox, Spawned, Swept};
+use reapkit_tests::{dead_owner, exited, live_owner, reapkit_cli, wait_until};
 
 #[test]
 fn a_host_sweep_leaves_a_live_test_in_another_pid_namespace_alone_and_reaps_it_once_its_owner_is_dead() {
@@ -40,7 +38,7 @@ fn a_host_sweep_leaves_a_live_test_in_another_pid_namespace_alone_and_reaps_it_o
     let swept = sb.reap(&[]);
     swept.assert_code(0);
     assert!(swept.leaks().is_empty() && swept.unchecked().is_empty(), "{swept}");
-    assert!(guarded.is_alive() && !is_zombie(guarded.pid), "the live guard's sleep survives a host sweep:\n{swept}");
+    assert!(!exited(&guarded), "the live guard's sleep survives a host sweep:\n{swept}");
     assert!(record.exists(), "the live guard's record is kept:\n{swept}");
 
     // Now the owner dies holding its guard: its leftover is reaped from the host.
@@ -116,10 +114,10 @@ fn a_supervisor_never_touches_another_jobs_processes_that_share_its_run_id() {
 
     assert_eq!(b.code, 1, "job B's own orphan is its leak:\n{b}");
     let orphan: i32 = b.stdout.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("the orphan's pid");
-    assert!(ProcId::of(orphan).is_none() || is_zombie(orphan), "job B's orphan is reaped:\n{b}");
+    assert!(ProcId::of(orphan).is_none_or(|p| exited(&p)), "job B's orphan is reaped:\n{b}");
     assert!(b.stderr.contains("run-id collision"), "job A's processes are reported as a collision:\n{b}");
     for id in &tree {
-        assert!(id.is_alive() && !is_zombie(id.pid), "job A's pid {} was touched by job B:\n{b}", id.pid);
+        assert!(!exited(id), "job A's pid {} was touched by job B:\n{b}", id.pid);
     }
     assert!(a_test.process.is_alive(), "job A's test process lives");
     a.close_stdin();
@@ -150,7 +148,7 @@ impl Daemon {
     fn assert_survived(&mut self, what: &str) {
         self.shell.assert_survived(what);
         for c in &self.children {
-            assert!(c.is_alive() && !is_zombie(c.pid), "{what}: its child {} was killed", c.pid);
+            assert!(!exited(c), "{what}: its child {} was killed", c.pid);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use reapkit::{procfs, ProcId};
-use reapkit_tests::{is_zombie, user_cargo};
+use reapkit_tests::{exited, user_cargo};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/user-workspace")
@@ -118,7 +118,7 @@ fn under_cargo_test_the_same_leaks_fail_the_run_and_nothing_is_left_running() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the child's pid:\n{all}"));
-    assert!(ProcId::of(pid).is_none_or(|_| is_zombie(pid)), "pid {pid} outlived the run:\n{all}");
+    assert!(ProcId::of(pid).is_none_or(|p| exited(&p)), "pid {pid} outlived the run:\n{all}");
 }
 
 #[test]
@@ -238,9 +238,7 @@ fn nextest_sigkilled_mid_run_ends_the_runs_shared_fixtures_within_a_second() {
     gone_within_a_second(&note, &trees);
     // The held test saw its fixtures end and exited, its wrap after it.
     for id in rest {
-        reapkit_tests::wait_until(&format!("pid {} of the killed run is gone", id.pid), || {
-            (!id.is_alive() || is_zombie(id.pid)).then_some(())
-        });
+        reapkit_tests::wait_until(&format!("pid {} of the killed run is gone", id.pid), || exited(&id).then_some(()));
     }
     let _ = child.wait();
 }

@@ -14,9 +14,9 @@ use reapkit::ledger::{Contained, Entry, Resource};
 use reapkit::procfs::{MarkerScan, ProcId};
 use reapkit::Shared;
 use reapkit_tests::sweep_sandbox::{
-    assert_root, clean_env, exited, leaky_owner, unmarked_sleep, Piped, Sandbox, Spawned, Swept, NOBODY,
+    assert_root, clean_env, leaky_owner, unmarked_sleep, Piped, Sandbox, Spawned, Swept, NOBODY,
 };
-use reapkit_tests::{by_token, dead_owner, reapkit_cli, token, wait_exit, wait_until};
+use reapkit_tests::{by_token, dead_owner, exited, reapkit_cli, token, wait_exit, wait_until};
 
 /// Runs `cmd` to its end, or kills it after `limit` and panics saying it hung.
 fn within(limit: Duration, cmd: Command) -> Swept {
