@@ -35,6 +35,9 @@ const ENV_KEEPER_GRACE: &str = "REAPKIT_KEEPER_GRACE";
 const KEEPER_ARG: &str = "--reapkit-keeper";
 /// How long SIGKILLed processes get to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How often a round reads the tree again at once when its walk found no live member of a
+/// tree that is not empty (a walk racing with an exit), before it waits for a signal instead.
+const MAX_REREADS: usize = 8;
 
 /// The keeper's argv and environment, built before the fork (nothing may be allocated after).
 struct Exec {
@@ -243,6 +246,7 @@ fn mirror(server: i32, status: i32) -> i32 {
 fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &os::Signals) {
     for (sig, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, KILL_WAIT)] {
         let deadline = Instant::now() + wait;
+        let mut rereads = 0;
         loop {
             reap_orphans(me, server);
             if tree_is_empty(me) {
@@ -253,6 +257,12 @@ fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &os::Signals) {
                 .filter(|d| !procfs::Stat::read(d.pid).is_ok_and(|s| s.is_zombie()))
                 .filter_map(Member::open)
                 .collect();
+            if live.is_empty() && rereads < MAX_REREADS {
+                // The walk raced with a member's exit (its children between two lists): the
+                // tree is not empty, so read it again rather than wait for a signal.
+                rereads += 1;
+                continue;
+            }
             for m in &live {
                 let _ = m.handle.signal(sig);
             }
@@ -268,13 +278,16 @@ fn end_tree(me: i32, server: i32, grace: Duration, sigchld: &os::Signals) {
 
 /// Whether nothing below `keeper` lives: every direct child of it is a zombie.
 ///
-/// One read of its children, never a walk of the tree: a walk races with a member's exit (its
+/// Reads of its children, never a walk of the tree: a walk races with a member's exit (its
 /// children are moved to the keeper between the read of the keeper's list and the read of the
-/// member's, and are in neither). The children's list cannot miss them: a process that exits
-/// hands its children to the keeper before it becomes a zombie, so a live member always has a
-/// live ancestor among the keeper's children, or is one.
+/// member's, and are in neither). A process that exits hands its children to the keeper before
+/// it becomes a zombie, so a live member always has a live ancestor among the keeper's
+/// children, or is one — but only in a list read *after* that ancestor was seen a zombie: the
+/// list is read again once every child is, and must not have grown.
 pub(crate) fn tree_is_empty(keeper: i32) -> bool {
-    procfs::children(keeper).into_iter().all(|c| procfs::Stat::read(c).map_or(true, |s| s.is_zombie()))
+    let children = procfs::children(keeper);
+    let all_exited = children.iter().all(|&c| procfs::Stat::read(c).map_or(true, |s| s.is_zombie()));
+    all_exited && procfs::children(keeper) == children
 }
 
 /// What the keeper carries besides [`ENV_KEEPER`]: the run and test, for attribution, and its
