@@ -242,6 +242,33 @@ fn deferred_teardown_runs_last_first_and_before_the_checks() {
 
 #[test]
 #[file_serial]
+fn a_leaked_socket_or_pipe_is_named_by_what_it_is() {
+    let scope = TestScope::builder().serialized().enter();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let local = client.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let unix = std::os::unix::net::UnixListener::bind(dir.path().join("app.sock")).unwrap();
+    let mut child = Command::new("sleep").arg("3600").stdin(Stdio::piped()).spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let report = scope.finish().expect_err("four descriptors and a child leaked");
+    let text = report.to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop((listener, client, unix, stdin));
+    for what in [
+        format!("(TCP 127.0.0.1:{port}, listening)"),
+        format!("(TCP {local} -> 127.0.0.1:{port}, established)"),
+        format!("(Unix stream {}, listening)", dir.path().join("app.sock").display()),
+        format!("(a pipe also held by pid {} `sleep 3600`)", child.id()),
+    ] {
+        assert!(text.contains(&what), "{what} in:\n{text}");
+    }
+}
+
+#[test]
+#[file_serial]
 fn allowed_leaks_pass_and_are_listed() {
     let scope = TestScope::builder().serialized().allow("fd:pipe").enter();
     let (reader, writer) = nix::unistd::pipe().unwrap();

@@ -11,13 +11,12 @@
 //! that is read up to the cap, and a socket past it is not seen (reported as not listening).
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::os::fd_snapshot::{FdKind, FdSnapshot};
+use crate::os::sockets;
 
-/// The most read of one `/proc/<pid>/net/*` table (about 50,000 TCP sockets).
-pub const MAX_TABLE_BYTES: u64 = 8 << 20;
+pub use crate::os::sockets::MAX_TABLE_BYTES;
 
 /// A listening socket, with the process that holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -180,98 +179,17 @@ struct Tables {
 impl Tables {
     /// Read through `pid`'s view (`/proc/<pid>/net` is its namespace's).
     fn read(pid: i32) -> Tables {
-        let mut listening = HashMap::new();
-        for table in ["tcp", "tcp6"] {
-            for (inode, addr) in read_table(pid, table).lines().skip(1).filter_map(parse_tcp) {
-                listening.insert(inode, ListenAddr::Tcp { addr });
-            }
-        }
-        for (inode, path) in read_table(pid, "unix").lines().skip(1).filter_map(parse_unix) {
-            listening.insert(inode, ListenAddr::Unix { path });
-        }
-        Tables { listening }
+        let tcp = sockets::inet_rows(pid, "tcp")
+            .filter(sockets::InetRow::is_listening)
+            .map(|row| (row.inode, ListenAddr::Tcp { addr: row.local }));
+        let unix = sockets::unix_rows(pid).filter(|row| row.listening).map(|row| (row.inode, ListenAddr::Unix { path: row.path }));
+        Tables { listening: tcp.chain(unix).collect() }
     }
-}
-
-fn read_table(pid: i32, table: &str) -> String {
-    let mut text = String::new();
-    if let Ok(file) = std::fs::File::open(format!("/proc/{pid}/net/{table}")) {
-        let _ = file.take(MAX_TABLE_BYTES).read_to_string(&mut text);
-    }
-    text
-}
-
-/// TCP state `LISTEN` in `/proc/net/tcp`.
-const TCP_LISTEN: &str = "0A";
-/// `__SO_ACCEPTCON` in `/proc/net/unix`'s flags: a listening socket.
-const UNIX_ACCEPTCON: u32 = 0x0001_0000;
-
-/// One row of `/proc/net/tcp{,6}` in `LISTEN` state: its inode and local address.
-///
-/// `sl local_address rem_address st ... uid timeout inode`; the address is the kernel's raw
-/// 32-bit words in hex, each in host byte order; the port is in hex, host order.
-fn parse_tcp(line: &str) -> Option<(u64, SocketAddr)> {
-    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-    if fields.get(3) != Some(&TCP_LISTEN) {
-        return None;
-    }
-    let (addr, port) = fields.get(1)?.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let inode = fields.get(9)?.parse().ok()?;
-    let words: Vec<u32> = (0..addr.len() / 8)
-        .map(|i| addr.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()))
-        .collect::<Option<_>>()?;
-    let ip = match words.as_slice() {
-        [w] => IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes())),
-        [a, b, c, d] => {
-            let mut bytes = [0u8; 16];
-            for (chunk, w) in bytes.chunks_exact_mut(4).zip([a, b, c, d]) {
-                chunk.copy_from_slice(&w.to_ne_bytes());
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        }
-        _ => return None,
-    };
-    Some((inode, SocketAddr::new(ip, port)))
-}
-
-/// One listening row of `/proc/net/unix`: its inode and path.
-///
-/// `Num RefCount Protocol Flags Type St Inode Path`; the path is absent for an unnamed
-/// socket and starts with `@` for an abstract one.
-fn parse_unix(line: &str) -> Option<(u64, String)> {
-    let mut fields = line.split_ascii_whitespace();
-    let flags = u32::from_str_radix(fields.nth(3)?, 16).ok()?;
-    if flags & UNIX_ACCEPTCON == 0 {
-        return None;
-    }
-    let inode = fields.nth(2)?.parse().ok()?;
-    Some((inode, fields.next().unwrap_or_default().to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_listening_rows_and_skips_the_rest() {
-        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1";
-        assert_eq!(parse_tcp(v4), Some((4242, "127.0.0.1:8080".parse().unwrap())));
-        let established = v4.replace(" 0A ", " 01 ");
-        assert_eq!(parse_tcp(&established), None);
-        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A \
-                  00000000:00000000 00:00000000 00000000     0        0 77 1";
-        assert_eq!(parse_tcp(v6), Some((77, "[::1]:80".parse().unwrap())));
-        for hostile in ["", "0: zz:1 0 0A", "0: 0100007F:FFFFF 0 0A a b c d e f", "0: 0100007:0050 x 0A a b c d e 9"] {
-            assert_eq!(parse_tcp(hostile), None, "{hostile:?}");
-        }
-        let unix = "0000000000000000: 00000002 00000000 00010000 0001 01 991 /tmp/x.sock";
-        assert_eq!(parse_unix(unix), Some((991, "/tmp/x.sock".into())));
-        let connected = "0000000000000000: 00000003 00000000 00000000 0001 03 992 /tmp/x.sock";
-        assert_eq!(parse_unix(connected), None);
-        let unnamed = "0000000000000000: 00000002 00000000 00010000 0001 01 993";
-        assert_eq!(parse_unix(unnamed), Some((993, String::new())));
-    }
 
     #[test]
     fn finds_the_port_a_socket_of_this_process_listens_on_and_its_holder() {

@@ -24,6 +24,7 @@ pub(crate) mod fd_snapshot;
 pub(crate) mod member;
 pub mod procfs;
 pub(crate) mod safe_fs;
+pub(crate) mod sockets;
 
 pub(crate) use backend::*;
 pub(crate) use wait::*;

@@ -350,6 +350,8 @@ impl TestScope {
                 checked.extend([LeakKind::Container, LeakKind::Network, LeakKind::Volume]);
             }
         }
+        // Before the children are ended: who holds the other end of a pipe the test left open.
+        let pipes = self.fds.as_ref().map(|before| opened_pipes(before)).unwrap_or_default();
         if self.isolation.is_exact() && !crate::os::PROC_TABLE {
             report.notes.push("children: not checked (the portable backend lists no children of a process)".into());
         } else if self.isolation.is_exact() {
@@ -358,7 +360,8 @@ impl TestScope {
         }
         match &self.fds {
             Some(before) => {
-                let leaked = self.leaked_fds(before, &accepted);
+                let leaked: Vec<ScopeLeak> =
+                    self.leaked_fds(before, &accepted).into_iter().map(|l| l.described(&pipes)).collect();
                 unpinned::answered_for(leaked.iter().filter_map(ScopeLeak::descriptor));
                 report.leaks.extend(leaked);
                 checked.push(LeakKind::Fd);
@@ -663,6 +666,18 @@ pub fn conclude<R: std::process::Termination>(scope: TestScope, outcome: std::th
             resume_unwind(panic)
         }
     }
+}
+
+/// The other holders of the pipes this process opened since `before` (none, and no walk of
+/// `/proc`, if its FD table has as many descriptors as then).
+fn opened_pipes(before: &[i32]) -> crate::os::sockets::PipeHolders {
+    let me = std::process::id() as i32;
+    if procfs::fd_count(me).is_ok_and(|n| n == before.len()) {
+        return Default::default();
+    }
+    let now = FdSnapshot::capture().ok();
+    let opened = now.iter().flat_map(FdSnapshot::fds).filter(|fd| !before.contains(&fd.fd));
+    crate::os::sockets::PipeHolders::find(me, opened.map(|fd| fd.target.as_str()))
 }
 
 /// The libtest name of test function `function` in module `module_path` (its `module_path!()`):

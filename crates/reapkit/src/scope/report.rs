@@ -23,7 +23,7 @@ impl LeakKind {
 #[derive(Debug, Clone)]
 pub struct ScopeLeak {
     pub kind: LeakKind,
-    /// The resource, named: `fd 7 -> pipe:[1234]`, `pid 42 `sleep 60``, `container 3f2a…`.
+    /// The resource, named: `fd 7 -> socket:[1234] (TCP 127.0.0.1:8080, listening)`, `pid 42 `sleep 60``, `container 3f2a…`.
     pub what: String,
     /// What the scope did about it: `still open`, `killed`, `removed`, ...
     pub action: String,
@@ -72,6 +72,17 @@ impl ScopeLeak {
             ident: None,
             listening: None,
         }
+    }
+
+    /// A descriptor leak, named by what it is (`TCP 127.0.0.1:8080, listening`) where
+    /// `pipes` or the socket tables can say.
+    pub(super) fn described(mut self, pipes: &crate::os::sockets::PipeHolders) -> ScopeLeak {
+        if let Origin::Fd(fd, target) = &self.origin {
+            if let Some(about) = pipes.describe(std::process::id() as i32, target) {
+                self.what = format!("fd {fd} -> {target} ({about})");
+            }
+        }
+        self
     }
 
     /// A live child of the test process that the test started and left running.
