@@ -112,7 +112,7 @@ fn reap_run_from_anywhere_finds_the_evidence_through_the_users_ledger_index() {
 }
 
 #[test]
-fn ps_rows_fit_a_hundred_columns_and_name_the_leftover() {
+fn ps_rows_fit_a_hundred_columns_name_the_leftover_and_show_whole_what_they_cut() {
     let ledger = tempfile::tempdir().expect("tempdir");
     let owner = dead_owner();
     let mut cmd = Command::new("sleep");
@@ -129,6 +129,12 @@ fn ps_rows_fit_a_hundred_columns_and_name_the_leftover() {
     for line in text.lines() {
         assert!(line.chars().count() <= 100, "a row wider than 100 columns: {line:?}");
     }
+    let below = text.lines().skip_while(|l| *l != row).nth(1).unwrap_or_default();
+    assert_eq!(
+        below.trim(),
+        "└ test: evidence::a_test_with_a_rather_long_name_that_must_be_cut_to_fit_the_table",
+        "the test name cut in the row follows it whole:\n{text}"
+    );
     leftover.assert_survived("a leftover, after ps");
 }
 

@@ -247,7 +247,6 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
     }
     let dash = || "-".to_owned();
     let kind = |l: &Leak| format!("{:?}", l.kind).to_lowercase();
-    let test = |l: &Leak, n: usize| truncate(&evidence(l.test.as_deref().unwrap_or("-")), n);
     let command = |l: &Leak| evidence(l.command.as_deref().unwrap_or("-")).into_owned();
     match columns {
         Columns::Actions | Columns::Health => {
@@ -257,16 +256,25 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
             let room = TABLE_WIDTH - head.chars().count();
             for l in leaks {
                 let status = if columns == Columns::Actions { words(&l.action) } else { words(&l.health) };
+                let ident = evidence(&l.ident()).into_owned();
+                let test = evidence(l.test.as_deref().unwrap_or("-")).into_owned();
+                let command = command(l);
                 writeln!(
                     out,
                     "{:<9} {:<12} {:>5} {:<18} {:<24} {}",
                     kind(l),
-                    truncate(&evidence(&l.ident()), 12),
+                    truncate(&ident, 12),
                     l.age_s.map_or_else(dash, age_short),
                     status,
-                    test(l, 24),
-                    truncate(&command(l), room),
+                    truncate(&test, 24),
+                    truncate(&command, room),
                 )?;
+                // A cell cut to fit is shown whole below its row: the identifying fields are
+                // what a reader of a CI log searches for.
+                let cut = [("id", &ident, 12), ("test", &test, 24), ("command", &command, room)]
+                    .into_iter()
+                    .filter(|(_, value, width)| value.chars().count() > *width)
+                    .map(|(name, value, _)| format!("{name}: {value}"));
                 let exe = match l.exe {
                     Some(ExeState::Replaced) => {
                         Some("stale-binary: its binary was rebuilt after it started".to_owned())
@@ -274,8 +282,10 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
                     Some(ExeState::Deleted) => Some("stale-binary: its binary was deleted after it started".to_owned()),
                     _ => None,
                 };
-                for detail in l.detail.iter().chain(&exe).chain(&l.listening_words()) {
-                    writeln!(out, "{:<9} └ {}", "", truncate(&evidence(detail), TABLE_WIDTH - 12))?;
+                let listening = l.listening_words();
+                let details = l.detail.iter().chain(&exe).chain(&listening).map(|d| evidence(d).into_owned());
+                for detail in cut.chain(details) {
+                    write_continued(out, &detail)?;
                 }
             }
         }
@@ -299,7 +309,7 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
                     l.exe.map_or_else(dash, |e| words(&e)),
                     words(&l.action),
                     evidence(l.owner.as_deref().map_or("-", short_owner)),
-                    test(l, 40),
+                    evidence(l.test.as_deref().unwrap_or("-")),
                     command(l),
                     l.cwd.as_ref().map_or_else(String::new, |c| format!("  (in {})", evidence(c))),
                 )?;
@@ -308,6 +318,18 @@ pub fn write_columns(out: &mut impl Write, leaks: &[Leak], columns: Columns) -> 
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A line below a row, `└ ` and `text`, wrapped at [`TABLE_WIDTH`] onto further lines
+/// rather than cut.
+fn write_continued(out: &mut impl Write, text: &str) -> io::Result<()> {
+    let chars: Vec<char> = text.chars().collect();
+    let width = TABLE_WIDTH - 12;
+    for (i, line) in chars.chunks(width).enumerate() {
+        let mark = if i == 0 { "└" } else { " " };
+        writeln!(out, "{:<9} {mark} {}", "", line.iter().collect::<String>())?;
     }
     Ok(())
 }
