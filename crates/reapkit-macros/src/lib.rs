@@ -3,7 +3,7 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{quote, ToTokens};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{parse_macro_input, Attribute, Expr, ExprArray, ExprLit, FnArg, ItemFn, Lit, LitBool, LitStr};
 
@@ -182,6 +182,8 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     });
     let mut outer = sig.clone();
     outer.inputs = Default::default();
+    // A leak's panic points at the test's `fn` line, not at this attribute.
+    let conclude = quote_spanned!(name.span() => ::reapkit::__private::conclude(__reapkit_scope, __reapkit_outcome));
 
     Ok(quote! {
         #warm_up
@@ -197,7 +199,7 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
                 #serialized
                 .enter();
             let __reapkit_outcome = #run;
-            ::reapkit::__private::conclude(__reapkit_scope, __reapkit_outcome)
+            #conclude
         }
     }
     .into_token_stream())
