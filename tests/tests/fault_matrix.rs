@@ -123,6 +123,10 @@ fn crash_at_start_reports_status_and_stderr() {
         let Error::Startup { status, stderr_tail, .. } = &err else { panic!("not a startup error: {err}") };
         assert_eq!(status.and_then(|s| s.code()), Some(3), "{err}");
         assert!(stderr_tail.contains("crashing at start"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("failed to start: it exited with status 3 before answering `initialize`"), "{text}");
+        assert_eq!(text.matches("crashing at start").count(), 1, "the stderr tail, once:\n{text}");
+        assert!(!text.contains("Broken pipe") && !text.contains("exit status"), "{text}");
         Vec::new()
     });
 }
@@ -134,6 +138,7 @@ fn garbage_during_handshake_is_a_startup_error() {
         let err = McpServer::start(cmd).expect_err("garbage is not a handshake");
         assert!(matches!(err, Error::Startup { .. }), "{err}");
         assert!(err.to_string().contains("not JSON-RPC"), "{err}");
+        assert!(err.to_string().contains("write logs and banners to stderr"), "{err}");
         Vec::new()
     });
 }
@@ -145,7 +150,7 @@ fn silent_server_hits_the_startup_timeout() {
         let started = Instant::now();
         let err = ProcessGuard::builder(cmd).mcp().startup_timeout(Duration::from_millis(200)).start();
         let err = err.expect_err("too slow");
-        assert!(err.to_string().contains("startup timeout"), "{err}");
+        assert!(err.to_string().contains("no answer to `initialize` within 200ms (its startup timeout"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1), "no hang: {:?}", started.elapsed());
         Vec::new()
     });

@@ -37,9 +37,8 @@ pub enum Error {
     Unsupported { what: &'static str, source: std::io::Error },
 
     /// An MCP server failed to start: it exited, wrote garbage or did not answer in time.
-    #[error("MCP server `{program}` failed to start: {reason}\n  exit status: {}\n  stderr (tail):\n{}",
-        status.map_or_else(|| "still running when torn down".to_owned(), |s| s.to_string()),
-        indent(stderr_tail))]
+    /// `status` is how it ended: on its own, or by its teardown after the failure.
+    #[error("MCP server `{program}` failed to start: {reason}\n  stderr (tail):\n{}", indent(stderr_tail))]
     Startup { program: String, reason: String, status: Option<ExitStatus>, stderr_tail: String },
 
     /// An MCP server stopped answering after the handshake.

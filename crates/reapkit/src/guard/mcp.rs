@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::os;
 use crate::guard::process::{ProcessBuilder, ProcessGuard};
-use crate::guard::teardown::Teardown;
+use crate::guard::teardown::{EndedBy, Teardown};
 
 /// The protocol version reapkit asks for first.
 pub const LATEST_PROTOCOL_VERSION: &str = SUPPORTED_PROTOCOL_VERSIONS[0];
@@ -104,7 +104,7 @@ impl McpBuilder {
                 server.initialize = init;
                 Ok(server)
             }
-            Err(reason) => Err(server.startup_failed(reason)),
+            Err(reason) => Err(server.startup_failed(reason, self.startup_timeout)),
         }
     }
 }
@@ -242,9 +242,7 @@ impl McpServer {
         loop {
             let stdin = self.guard.stdin().ok_or(Failure::Gone("its stdin is already closed".into()))?;
             let line = self.stdout.read_line(stdin, deadline)?;
-            let msg: Value = serde_json::from_slice(&line).map_err(|_| {
-                Failure::Protocol(format!("wrote a line that is not JSON-RPC: {:?}", String::from_utf8_lossy(&line)))
-            })?;
+            let msg: Value = serde_json::from_slice(&line).map_err(|_| Failure::Protocol(not_json_rpc(&line)))?;
             if msg.get("method").is_some() {
                 self.answer_server_request(&msg)?;
                 continue;
@@ -305,23 +303,69 @@ impl McpServer {
     }
 
     /// Tears the server down and builds the startup error with its exit status and stderr.
-    fn startup_failed(mut self, failure: Failure) -> Error {
+    fn startup_failed(mut self, failure: Failure, startup_timeout: Duration) -> Error {
         crate::registry::guard_failed(self.guard.id());
-        let reason = match failure {
-            Failure::Timeout => {
-                "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into()
+        let cause = match failure {
+            Failure::Timeout => NoHandshake::Timeout(startup_timeout),
+            Failure::Rpc { code, message, .. } => {
+                NoHandshake::Other(format!("`initialize` failed with error {code}: {message}"))
             }
-            Failure::Rpc { code, message, .. } => format!("`initialize` failed with error {code}: {message}"),
-            Failure::Protocol(detail) | Failure::Gone(detail) => detail,
+            Failure::Protocol(detail) => NoHandshake::Garbage(detail),
+            Failure::Gone(detail) => NoHandshake::Other(detail),
         };
         let report = self.guard.teardown();
-        Error::Startup {
-            program: self.guard.program().to_owned(),
-            reason,
-            status: report.status,
-            stderr_tail: self.guard.stderr_tail(),
-        }
+        startup_error(self.guard.program().to_owned(), cause, &report, self.guard.stderr_tail())
     }
+}
+
+/// Why a server's handshake did not complete, before its teardown said how it ended.
+pub(crate) enum NoHandshake {
+    /// No answer within the startup timeout.
+    Timeout(Duration),
+    /// It wrote something that is not JSON-RPC to its stdout: what and where it belongs.
+    Garbage(String),
+    /// Anything else, in words (a broken pipe, an error answer, the SDK's own error).
+    Other(String),
+}
+
+/// The startup error of a server whose handshake did not complete: a server that exited on
+/// its own is reported as that — `exited with status 1 before answering \`initialize\``, not
+/// as the broken pipe that followed — and its stderr tail is shown once.
+pub(crate) fn startup_error(program: String, cause: NoHandshake, report: &Teardown, stderr_tail: String) -> Error {
+    let exited = report.status.filter(|_| report.ended_by == EndedBy::AlreadyExited);
+    let reason = match (cause, exited) {
+        (NoHandshake::Garbage(detail), _) => detail,
+        (_, Some(status)) => format!("it {} before answering `initialize`", exit_words(status)),
+        (NoHandshake::Timeout(timeout), None) => format!(
+            "no answer to `initialize` within {} (its startup timeout; raise it with `startup_timeout` if the server \
+             is slow to start, as `npx`/`uvx` are when they download it first)",
+            humantime::format_duration(timeout)
+        ),
+        (NoHandshake::Other(detail), None) => detail,
+    };
+    Error::Startup { program, reason, status: report.status, stderr_tail }
+}
+
+/// `exited with status 1`, `was killed by signal 9 (SIGKILL)`.
+pub(crate) fn exit_words(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(name) => format!("was killed by signal {signal} ({name})"),
+            Err(_) => format!("was killed by signal {signal}"),
+        },
+        _ => format!("ended ({status})"),
+    }
+}
+
+/// What a server wrote to stdout that is not a JSON-RPC message, and where it belongs.
+fn not_json_rpc(line: &[u8]) -> String {
+    let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
+    format!(
+        "it wrote a line that is not JSON-RPC to its stdout: {shown:?}. An MCP stdio server's stdout carries \
+         only JSON-RPC messages: write logs and banners to stderr"
+    )
 }
 
 /// The result of a successful tool call (`CallToolResult`).

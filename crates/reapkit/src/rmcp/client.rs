@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::transport::{ChildHandle, ChildTransport, GuardedChild};
 use crate::error::{Error, Result};
-use crate::guard::mcp::McpBuilder;
+use crate::guard::mcp::{startup_error, McpBuilder, NoHandshake};
 use crate::guard::process::ProcessGuard;
 use crate::guard::teardown::Teardown;
 
@@ -29,7 +29,7 @@ impl McpBuilder {
         let child = transport.guarded();
         let handshake = client_config(client_name).serve(transport);
         let started = Started { child, program, request_timeout, url: None };
-        started.handshake(handshake, startup_timeout).await
+        started.handshake(handshake, startup_timeout, startup_timeout).await
     }
 }
 
@@ -43,26 +43,27 @@ pub(super) struct Started {
 }
 
 impl Started {
-    /// The client once `handshake` (rmcp's `serve`) completes within `timeout`; else the
-    /// startup error, the server torn down first.
+    /// The client once `handshake` (rmcp's `serve`) completes within `remaining` (of the
+    /// server's `startup_timeout`); else the startup error, the server torn down first.
     pub(super) async fn handshake<E: std::fmt::Display>(
         self,
         handshake: impl std::future::Future<Output = std::result::Result<RunningService<RoleClient, ClientConfig>, E>>,
-        timeout: Duration,
+        remaining: Duration,
+        startup_timeout: Duration,
     ) -> Result<McpClient> {
         // Pinned here, not moved into the timeout: on failure the transport inside is dropped
         // only after the teardown ran on its own thread, so the runtime never blocks on it.
         let mut handshake = pin!(handshake);
         let Started { child, program, request_timeout, url } = self;
-        let reason = match tokio::time::timeout(timeout, handshake.as_mut()).await {
+        let cause = match tokio::time::timeout(remaining, handshake.as_mut()).await {
             Ok(Ok(service)) => return Ok(McpClient { service, child, request_timeout, program, url }),
-            Ok(Err(e)) => match &url {
+            Ok(Err(e)) => NoHandshake::Other(match &url {
                 Some(url) => format!("rmcp's handshake over HTTP at {url} failed: {e}"),
                 None => format!("rmcp's handshake failed: {e}"),
-            },
-            Err(_) => "no answer to `initialize` within the startup timeout (raise it with `startup_timeout`)".into(),
+            }),
+            Err(_) => NoHandshake::Timeout(startup_timeout),
         };
-        Err(startup_failed(child, program, reason).await)
+        Err(startup_failed(child, program, cause).await)
     }
 }
 
@@ -72,10 +73,10 @@ pub(super) fn client_config(name: String) -> ClientConfig {
 }
 
 /// Tears the server down first, then builds the startup error with its exit status and stderr.
-pub(super) async fn startup_failed(child: Arc<GuardedChild>, program: String, reason: String) -> Error {
+pub(super) async fn startup_failed(child: Arc<GuardedChild>, program: String, cause: NoHandshake) -> Error {
     crate::registry::guard_failed(ChildHandle::of(&child).id());
     let report = Arc::clone(&child).shutdown().await;
-    Error::Startup { program, reason, status: report.status, stderr_tail: child.stderr_tail() }
+    startup_error(program, cause, &report, child.stderr_tail())
 }
 
 /// A guarded MCP stdio server with rmcp's typed client, for async tests.

@@ -16,7 +16,7 @@ use super::client::{client_config, startup_failed, McpClient, Started};
 use super::transport::GuardedChild;
 use crate::error::Result;
 use crate::guard::listening::{ListenAddr, Listener};
-use crate::guard::mcp::McpBuilder;
+use crate::guard::mcp::{McpBuilder, NoHandshake};
 
 impl McpBuilder {
     /// Starts a server that speaks MCP over Streamable HTTP at `path` (`"/mcp"`) on the port its
@@ -52,12 +52,12 @@ impl McpBuilder {
         let child = Arc::new(GuardedChild::new(guard));
         let Some(url) = listener.as_ref().and_then(|l| url(l, path)) else {
             let reason = format!("it listens on {listener:?}, which is not a TCP port to speak HTTP to");
-            return Err(startup_failed(child, program, reason).await);
+            return Err(startup_failed(child, program, NoHandshake::Other(reason)).await);
         };
         let transport = StreamableHttpClientTransport::from_uri(url.clone());
         let remaining = startup_timeout.saturating_sub(since.elapsed());
         let handshake = client_config(client_name).serve(transport);
-        Started { child, program, request_timeout, url: Some(url) }.handshake(handshake, remaining).await
+        Started { child, program, request_timeout, url: Some(url) }.handshake(handshake, remaining, startup_timeout).await
     }
 }
 
