@@ -168,6 +168,58 @@ fn a_killed_test_process_is_cleaned_up_by_its_watchdog() {
     assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stdout));
 }
 
+/// What a killed leaky test process's stderr carries to its end (its watchdog's, if it kept
+/// it), under `cargo test` (no nextest variable in its environment) or nextest; and where its
+/// watchdog's stderr points.
+fn stderr_of_a_killed_owner(under_nextest: bool) -> (String, String) {
+    let ledger = tempfile::tempdir().expect("tempdir");
+    let mut cmd = leaky_command(&["--sleep", "3600"], &format!("announce-{}", uuid()), ledger.path());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NEXTEST") && key != "NEXTEST_TEST_NAME" {
+            cmd.env_remove(key);
+        }
+    }
+    if under_nextest {
+        cmd.env("NEXTEST", "1").env("NEXTEST_RUN_ID", uuid());
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts");
+    let (owner, _) = read_ready(&mut child);
+    let marker = format!("REAPKIT_WATCHDOG_OWNER={owner}");
+    let watchdog = wait_until("the watchdog is up", || MarkerScan::new().find(&marker).first().copied());
+    let watchdog_stderr = std::fs::read_link(format!("/proc/{}/fd/2", watchdog.pid)).expect("its stderr");
+    let mut stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = tx.send(text);
+    });
+    child.kill().expect("SIGKILL our own child");
+    child.wait().expect("reaped");
+    let text = rx.recv_timeout(Duration::from_secs(10)).expect("its stderr closes once its watchdog is done");
+    wait_until("the watchdog is done", || exited(&watchdog).then_some(()));
+    reap_adopted(&[watchdog]);
+    let text = text.replace(&ledger.path().display().to_string(), "<ledger>");
+    (text, watchdog_stderr.display().to_string())
+}
+
+#[test]
+fn under_cargo_test_the_watchdog_tells_the_run_what_it_ended_and_under_nextest_holds_no_stderr() {
+    reapkit::ownership::become_subreaper();
+    let (text, watchdogs) = stderr_of_a_killed_owner(false);
+    assert!(watchdogs.starts_with("pipe:["), "the watchdog writes to the run's stderr: {watchdogs}");
+    assert!(
+        text.contains("reapkit watchdog: test process ") && text.contains(" ended with guards still held"),
+        "{text}"
+    );
+    assert!(text.contains("`sleep 3600` from test suite::leaks_on_purpose") && text.contains(": killed"), "{text}");
+    assert!(text.contains("The evidence stays in <ledger>: `cargo xtask reap`"), "{text}");
+
+    let (text, watchdogs) = stderr_of_a_killed_owner(true);
+    assert_eq!(watchdogs, "/dev/null", "nextest waits for a test's stderr to close: the watchdog must not hold it");
+    assert!(text.is_empty(), "nextest reports a killed test itself: {text}");
+}
+
 #[test]
 fn a_clean_test_process_leaves_no_watchdog_and_no_evidence() {
     reapkit::ownership::become_subreaper();

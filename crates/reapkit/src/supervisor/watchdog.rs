@@ -5,7 +5,10 @@
 //! running binary re-executed (`/proc/self/exe`) with `REAPKIT_WATCHDOG_OWNER` set, which a
 //! constructor ([`watchdog_entry`]) sees before `main` — so a user who only added the
 //! dev-dependency has one, with no binary to install. It runs in its own session (a group
-//! kill of the test does not take it along), with stdio on `/dev/null` (nextest sees no leak).
+//! kill of the test does not take it along), with stdin and stdout on `/dev/null`. Its stderr
+//! is the test process's under plain `cargo test`, where nothing else would tell the run what
+//! the watchdog ended ([`announces`]); elsewhere `/dev/null` too (nextest would wait for a
+//! test's stderr to close, and call the test leaky; a supervisor reports itself).
 //!
 //! It learns of its owner's death through a pidfd of the owner rather than a pipe: the test
 //! process then holds no extra descriptor (FD-leak checks stay exact), and a child that the
@@ -33,7 +36,7 @@ use crate::evidence::ownership::{
     ENV_WATCHDOG_GRACE, ENV_WATCHDOG_OWNER,
 };
 use crate::os::procfs::ProcId;
-use crate::sweep::{DockerCheck, Scope, Sweep, Witness};
+use crate::sweep::{Action, DockerCheck, Scope, Sweep, Witness};
 
 /// The watchdog's SIGTERM-to-SIGKILL grace for its owner's leftovers.
 pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_secs(1);
@@ -89,7 +92,7 @@ fn spawn(ledger_dir: &Path) -> std::io::Result<i32> {
         .env_remove(ENV_TEST)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(if announces() { Stdio::inherit() } else { Stdio::null() });
     match crate::evidence::ownership::direct_supervisor() {
         Some(supervisor) => cmd.env(ENV_SUPERVISOR, supervisor.to_string()),
         None => cmd.env_remove(ENV_SUPERVISOR),
@@ -133,6 +136,7 @@ pub(crate) fn watch(owner: &str) -> i32 {
     // Again while it finds something: a tree that forks while it is ended leaves new processes
     // that the first sweep could not see.
     let mut unchecked = false;
+    let mut ended = Vec::new();
     for _ in 0..SWEEP_ROUNDS {
         let report = Sweep::new(Scope::Owner(owner.clone()))
             .ledger_dir(&dir)
@@ -143,11 +147,48 @@ pub(crate) fn watch(owner: &str) -> i32 {
             .find()
             .reap();
         unchecked |= !report.unchecked.is_empty();
-        if report.leaks.iter().all(|l| l.action != crate::sweep::Action::Killed) {
+        let killed = report.leaks.iter().any(|l| l.action == Action::Killed);
+        ended.extend(report.leaks.into_iter().filter(|l| matches!(l.action, Action::Killed | Action::Removed)));
+        if !killed {
             break;
         }
     }
+    announce(&owner, &dir, &ended);
     i32::from(unchecked)
+}
+
+/// Whether this process's watchdog tells the run what it ended, on this process's stderr: only
+/// under plain `cargo test` (not under nextest, which reports a killed test itself and must
+/// not see its stderr held open; not under a `reapkit wrap`/`run` that supervises it).
+fn announces() -> bool {
+    std::env::var_os("NEXTEST").is_none()
+        && std::env::var_os("NEXTEST_RUN_ID").is_none()
+        && crate::evidence::ownership::direct_supervisor().is_none()
+}
+
+/// Tells the run (the stderr it inherited, if [`announces`]) what its dead owner left and the
+/// watchdog ended, and where the evidence stays; nothing if it ended nothing.
+fn announce(owner: &OwnerId, dir: &Path, ended: &[crate::sweep::Leak]) {
+    if ended.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "reapkit watchdog: test process {} ended with guards still held (killed, aborted, timed out, or the guards \
+         were never dropped); it ended what they left:\n",
+        owner.process.pid
+    );
+    for leak in ended {
+        text.push_str(&format!("  - {}\n", leak.summary()));
+    }
+    text.push_str(&format!(
+        "  The evidence stays in {}: `cargo xtask reap` (or `reapkit reap`) reports it and fails the build.\n",
+        crate::evidence::escape::evidence(&dir.display().to_string())
+    ));
+    // Best effort: the run may have closed its end already, and this runs before `main`, where
+    // Rust has not yet set SIGPIPE aside.
+    // SAFETY: ignoring a signal installs no handler code.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) };
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
 }
 
 /// Blocks until `owner` has exited, witnessing meanwhile the cgroups its guards make (the
