@@ -1,5 +1,6 @@
 //! The portable POSIX backend — what macOS, the BSDs and other Unix get — forced on Linux
-//! (`--features portable`, as `cargo xtask test` runs this file), so that CI runs the code
+//! (`REAPKIT_PORTABLE_BACKEND=1` and `--features portable`, as `cargo xtask test` runs this
+//! file), so that CI runs the code
 //! those systems compile: guards that hold the process group their child leads, teardown by
 //! `killpg` while the leader is unreaped, waits on our own children, FD checks from `/dev/fd`,
 //! a watchdog woken by its lifeline, and sweeps that say what they could not check.
@@ -21,6 +22,15 @@ use reapkit::{Containment, EndedBy, ProcId, ProcessGuard};
 use reapkit_tests::docker;
 use reapkit_tests::observe::{self, fd_count, state};
 use reapkit_tests::{adopt_orphans, fixture, reap_orphans, wait_until};
+
+#[test]
+fn reapkit_is_built_with_the_portable_backend() {
+    assert_eq!(
+        reapkit::backend(),
+        reapkit::Backend::Portable,
+        "build reapkit with REAPKIT_PORTABLE_BACKEND=1 for these tests (cargo xtask test does)"
+    );
+}
 
 fn running(pid: i32) -> bool {
     observe::state(pid).is_some_and(|s| s != 'Z' && s != 'X')

@@ -61,13 +61,10 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The portable backend, as the suite forces it on Linux and as macOS and FreeBSD build it:
     // no Linux-only symbol outside the Linux backend, or these fail.
-    run(cargo().args(["clippy", "--package", "reapkit", "--package", "reapkit-tests", "--features"]).args([
-        "reapkit-tests/portable",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo()
+        .args(["clippy", "--package", "reapkit", "--package", "reapkit-tests", "--features"])
+        .args(["reapkit-tests/portable", "--all-targets", "--", "-D", "warnings"])
+        .env(PORTABLE_BACKEND, "1"))?;
     for target in PORTABLE_TARGETS {
         run(cargo()
             .args(["clippy", "--package", "reapkit", "--features", "docker,rmcp", "--target", target])
@@ -121,6 +118,7 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
         .args(["nextest", "run", "--config-file", ".config/nextest-portable.toml", "--package", "reapkit-tests"])
         .args(["--features", "portable", "--test", "portable", "--test", "fault_matrix", "--test", "fd_leak_suite"])
         .args(nextest_args)
+        .env(PORTABLE_BACKEND, "1")
         .env("REAPKIT_REQUIRE_DOCKER", "1"))?;
     // The CI step, as users run it: what this project's tests leaked is reaped and fails the run.
     eprintln!("xtask: running `cargo xtask reap` after the suite");
@@ -231,6 +229,9 @@ fn demo() -> Result<()> {
     section("the benchmarks");
     Ok(())
 }
+
+/// Builds reapkit with its portable backend on Linux (`crates/reapkit/build.rs`).
+const PORTABLE_BACKEND: &str = "REAPKIT_PORTABLE_BACKEND";
 
 /// The systems the portable backend is for, checked with `cargo clippy --target` (their
 /// standard libraries come from `scripts/setup.sh`).

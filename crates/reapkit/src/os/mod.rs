@@ -2,9 +2,9 @@
 //!
 //! - **Linux** (`linux.rs`): pidfds, `waitid(P_PIDFD)`, eventfd, signalfd, the child subreaper,
 //!   `close_range`, `SO_PEERCRED`, and everything `/proc` gives ([`crate::os::procfs`]).
-//! - **Portable POSIX** (`posix.rs`), on every other Unix — and on Linux with the feature
-//!   `portable-backend`, which only reapkit's own suite turns on, so that the code macOS and the
-//!   BSDs compile is the code CI runs. It holds a process by `waitid(WNOWAIT)` on our own
+//! - **Portable POSIX** (`posix.rs`), on every other Unix — and on Linux when built with
+//!   `REAPKIT_PORTABLE_BACKEND=1` (see `build.rs`), which only reapkit's own suite does, so that
+//!   the code macOS and the BSDs compile is the code CI runs. It holds a process by `waitid(WNOWAIT)` on our own
 //!   children, and kqueue (`EVFILT_PROC`) on macOS and the BSDs for others; it signals with
 //!   `kill`/`killpg` only what it holds unreaped; it reads no `/proc`.
 //!
@@ -12,10 +12,10 @@
 //! says whether a mechanism exists ([`PROC_TABLE`], [`Handle::open`]'s error). Nothing here
 //! decides *whether* to signal: that is `teardown`'s job.
 
-#[cfg(all(target_os = "linux", not(feature = "portable-backend")))]
+#[cfg(all(target_os = "linux", not(reapkit_portable_backend)))]
 #[path = "linux.rs"]
 mod backend;
-#[cfg(not(all(target_os = "linux", not(feature = "portable-backend"))))]
+#[cfg(not(all(target_os = "linux", not(reapkit_portable_backend))))]
 #[path = "posix.rs"]
 mod backend;
 mod wait;

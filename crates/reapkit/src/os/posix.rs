@@ -1,5 +1,6 @@
-//! The portable POSIX backend: macOS, the BSDs, any Unix — and Linux with the feature
-//! `portable-backend` (reapkit's own suite), so that CI runs the code those systems compile.
+//! The portable POSIX backend: macOS, the BSDs, any Unix — and Linux when built with
+//! `REAPKIT_PORTABLE_BACKEND=1` (reapkit's own suite), so that CI runs the code those systems
+//! compile.
 //!
 //! Built on what every Unix has (`waitid`, `kill`/`killpg`, `poll`, pipes, `sigaction`), plus,
 //! where the OS has them, kqueue for processes that are not our children, a start time

@@ -1,7 +1,8 @@
 //! What a socket or a pipe of a process is, in the words a user knows it by: `TCP
 //! 127.0.0.1:39459, listening`, not `socket:[116278]`.
 //!
-//! Read from the process's own network namespace (`/proc/<pid>/net/{tcp,tcp6,udp,udp6,unix}`)
+//! Linux only (the portable backend reads no `/proc`, and says less). Read from the process's
+//! own network namespace (`/proc/<pid>/net/{tcp,tcp6,udp,udp6,unix}`)
 //! and, for a pipe, from the FD tables of the other processes that hold it. Only a report pays
 //! for this (a leak found), never a check; every table is read to at most
 //! [`MAX_TABLE_BYTES`].
@@ -74,6 +75,9 @@ pub(crate) fn unix_rows(pid: i32) -> impl Iterator<Item = UnixRow> {
 /// `Unix stream /tmp/app.sock, listening` — or `None` if it is in none of the tables (a netlink
 /// or packet socket, or closed since).
 pub fn describe_socket(pid: i32, inode: u64) -> Option<String> {
+    if !crate::os::PROC_TABLE {
+        return None;
+    }
     for (protocol, name) in [("tcp", "TCP"), ("udp", "UDP")] {
         if let Some(row) = inet_rows(pid, protocol).find(|r| r.inode == inode) {
             return Some(describe_inet(name, &row));
@@ -104,7 +108,7 @@ impl PipeHolders {
     pub fn find<'a>(pid: i32, targets: impl Iterator<Item = &'a str>) -> PipeHolders {
         let mut holders: HashMap<String, Vec<String>> =
             targets.filter(|t| t.starts_with("pipe:[")).map(|t| (t.to_owned(), Vec::new())).collect();
-        if holders.is_empty() {
+        if holders.is_empty() || !crate::os::PROC_TABLE {
             return PipeHolders::default();
         }
         for other in procfs::pids().filter(|&other| other != pid).take(MAX_PROCESSES) {
