@@ -132,12 +132,19 @@ unix_only! {
     pub mod rmcp;
     mod supervisor;
 
+    // Internals that reapkit's CLI and its own suite reach: public, but not the API a user
+    // reads (hidden from the docs, no stability promised).
+    #[doc(hidden)]
+    pub use evidence::{escape, identity, ledger, ownership, run_stats};
+    #[doc(hidden)]
+    pub use guard::listening;
+    #[doc(hidden)]
+    pub use os::procfs;
+    #[doc(hidden)]
+    pub use supervisor::supervise;
+
     // The public paths users write, whichever layer holds them.
     pub use containment::capabilities;
-    pub use evidence::{escape, identity, ledger, ownership, run_stats};
-    pub use guard::listening;
-    pub use os::procfs;
-    pub use supervisor::supervise;
 
     pub use guard::budget::{Budget, BudgetUsage, BudgetWatch, Limit};
     pub use containment::capabilities::{capabilities, Capabilities, Concern, Guarantee};
@@ -162,6 +169,9 @@ unix_only! {
     };
     pub use procfs::ProcId;
     pub use reapkit_macros::test;
+    /// The `serde_json` reapkit speaks MCP with (`json!` for tool arguments), so that one
+    /// dependency line is enough.
+    pub use serde_json;
     pub use run_stats::RunStats;
     pub use scope::{defer, scope, Isolation, LeakReport, ScopeBuilder, ScopeHandle, TestScope};
     pub use shared::{FixtureInfo, Shared, SharedFixture};

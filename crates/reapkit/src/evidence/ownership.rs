@@ -1,4 +1,4 @@
-//! Who owns a resource: the ownership contract of `DESIGN.md`.
+//! Who owns a resource: the ownership contract (ARCHITECTURE.md's "The ownership contract").
 //!
 //! Every guarded child carries these variables, and its descendants inherit them (npx → sh →
 //! node, double-forked daemons). They are the proof that lets a teardown, a watchdog or a

@@ -11,7 +11,7 @@ use ::rmcp::service::{RoleClient, RunningService, ServiceError};
 use ::rmcp::{Peer, ServiceExt};
 use serde_json::Value;
 
-use super::transport::{ChildHandle, ChildTransport, GuardedChild};
+use super::guarded_child::{ChildHandle, ChildTransport, GuardedChild};
 use crate::error::{Error, Result};
 use crate::guard::mcp::{startup_error, McpBuilder, NoHandshake};
 use crate::guard::process::ProcessGuard;

@@ -13,7 +13,7 @@ use ::rmcp::transport::StreamableHttpClientTransport;
 use ::rmcp::ServiceExt;
 
 use super::client::{client_config, startup_failed, McpClient, Started};
-use super::transport::GuardedChild;
+use super::guarded_child::GuardedChild;
 use crate::error::Result;
 use crate::guard::listening::{ListenAddr, Listener};
 use crate::guard::mcp::{McpBuilder, NoHandshake};

@@ -23,7 +23,13 @@ mod client;
 #[cfg(feature = "rmcp-http")]
 mod http;
 mod pipe;
-mod transport;
+mod guarded_child;
 
-pub use client::McpClient;
-pub use transport::{child, ChildCommand, ChildHandle, ChildTransport};
+pub use self::client::McpClient;
+pub use self::guarded_child::{child, ChildCommand, ChildHandle, ChildTransport};
+
+/// rmcp itself, at the version reapkit is built with (client side: `model`, `service`,
+/// `ServiceExt`, ...), so that its types match reapkit's without a second dependency line.
+/// reapkit's own items above take precedence over rmcp's of the same name.
+#[doc(no_inline)]
+pub use ::rmcp::*;

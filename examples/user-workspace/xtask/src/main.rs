@@ -1,11 +1,15 @@
-//! `cargo xtask reap`: the CI step, embedded in five lines.
+//! `cargo xtask reap`, the CI step, and `xtask wrap`, the nextest wrapper: reapkit's CLI in a
+//! few lines, so that no `reapkit` binary has to be installed.
 
 #[derive(clap::Parser)]
 enum Task {
     Reap(reapkit_cli::ReapArgs),
+    Wrap(reapkit_cli::WrapArgs),
 }
 
 fn main() -> reapkit_cli::Verdict {
-    let Task::Reap(args) = clap::Parser::parse();
-    reapkit_cli::reap(&args)
+    match clap::Parser::parse() {
+        Task::Reap(args) => reapkit_cli::reap(&args),
+        Task::Wrap(args) => reapkit_cli::wrap(args),
+    }
 }
