@@ -458,9 +458,9 @@ pub fn live_owner() -> reapkit::OwnerId {
 }
 
 /// `cargo <args>` in a user's workspace beside this one (`examples/<name>`), as a user runs it:
-/// none of this suite's runner or reapkit variables, this workspace's `reapkit` binary on PATH,
-/// its own target directory (`target/<target>`), the real time server in `MCP_SERVER_TIME`, and
-/// a Docker engine required.
+/// none of this suite's runner or reapkit variables, no `reapkit` binary on PATH (see
+/// [`with_reapkit_on_path`]), its own target directory (`target/<target>`), the real time
+/// server in `MCP_SERVER_TIME`, and a Docker engine required.
 pub fn user_cargo(workspace: &Path, target: &str, args: &[&str]) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate is in the workspace");
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
@@ -470,16 +470,21 @@ pub fn user_cargo(workspace: &Path, target: &str, args: &[&str]) -> Command {
             cmd.env_remove(&key);
         }
     }
-    let bin = root.join("target/debug");
-    let path = std::env::join_paths(
-        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
-    .expect("a PATH");
     cmd.args(args)
         .current_dir(workspace)
-        .env("PATH", path)
         .env("CARGO_TARGET_DIR", root.join("target").join(target))
         .env("MCP_SERVER_TIME", real_server_argv("REAPKIT_TEST_PY_TIME"))
         .env("REAPKIT_REQUIRE_DOCKER", "1");
     cmd
+}
+
+/// Puts this workspace's `reapkit` binary first on `cmd`'s PATH: for a user's workspace whose
+/// nextest config runs the installed `reapkit` rather than its xtask.
+pub fn with_reapkit_on_path(cmd: &mut Command) -> &mut Command {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+    let path = std::env::join_paths(
+        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .expect("a PATH");
+    cmd.env("PATH", path)
 }

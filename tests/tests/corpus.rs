@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use reapkit_tests::{by_token, is_zombie, token, user_cargo};
+use reapkit_tests::{by_token, is_zombie, token, user_cargo, with_reapkit_on_path};
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/corpus")
@@ -20,6 +20,8 @@ fn corpus() -> PathBuf {
 
 fn run(args: &[&str], leak: Option<&str>) -> (Output, String) {
     let mut cmd = user_cargo(&corpus(), "corpus", args);
+    // The corpus's nextest config runs the installed binary, the README's other variant.
+    with_reapkit_on_path(&mut cmd);
     if let Some(token) = leak {
         cmd.env("CORPUS_LEAK", token);
     }

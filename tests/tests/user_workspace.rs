@@ -251,3 +251,57 @@ fn under_cargo_test_twenty_threads_share_one_server_and_one_container_gone_withi
     let note = one_of_each(&shared_notes(&notes), 20);
     gone_within_a_second(&note, &[]);
 }
+
+/// The README's block that follows `<!-- first-leak: <which> -->`.
+fn readme_block(which: &str) -> String {
+    let readme = std::fs::read_to_string(workspace().join("../../README.md")).expect("the README");
+    let marker = format!("<!-- first-leak: {which} -->\n```text\n");
+    let start = readme.find(&marker).unwrap_or_else(|| panic!("the README shows {which}")) + marker.len();
+    readme[start..].split("\n```").next().expect("a closed block").to_owned()
+}
+
+/// A line as compared: numbers (pids, ports, inodes, times) as `N`, runs of blanks as one.
+fn normalized(line: &str) -> String {
+    let numbers = regex::Regex::new(r"\d+").expect("a regex");
+    numbers.replace_all(line.trim(), "N").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether the run's line `got` is the README's line `shown`, numbers aside; a list after the
+/// last `: ` (the tests that were running, which vary) may have more items than the README's.
+fn same_line(shown: &str, got: &str) -> bool {
+    let (shown, got) = (normalized(shown), normalized(got));
+    if shown == got {
+        return true;
+    }
+    let (Some((head, items)), Some((got_head, got_items))) = (shown.rsplit_once(": "), got.rsplit_once(": ")) else {
+        return false;
+    };
+    let got_items: Vec<&str> = got_items.split(", ").collect();
+    head == got_head && items.split(", ").all(|i| got_items.contains(&i))
+}
+
+/// Every line of the README's block `which` is in `output`.
+fn shows(which: &str, output: &str) {
+    for line in readme_block(which).lines() {
+        assert!(
+            output.lines().any(|got| same_line(line, got)),
+            "the README's {which} output has a line the run did not print:\n{line}\n\nthe run:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn the_readmes_first_leak_is_what_a_user_sees_under_both_runners() {
+    let file = std::fs::read_to_string(workspace().join("app-tests/tests/first_leak.rs")).expect("first_leak.rs");
+    let readme = std::fs::read_to_string(workspace().join("../../README.md")).expect("the README");
+    assert!(readme.contains(&format!("```rust,no_run\n{file}```")), "the README shows first_leak.rs as it is");
+
+    let backtrace = [("RUST_BACKTRACE", std::ffi::OsStr::new("0"))];
+    let out = cargo_with(&["nextest", "run", "--no-fail-fast", "--test", "first_leak"], &backtrace);
+    assert_eq!(out.status.code(), Some(100), "{}", text(&out));
+    shows("nextest", &text(&out));
+
+    let out = cargo_with(&["test", "--test", "first_leak"], &backtrace);
+    assert_eq!(out.status.code(), Some(101), "{}", text(&out));
+    shows("cargo test", &text(&out));
+}

@@ -182,8 +182,10 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     });
     let mut outer = sig.clone();
     outer.inputs = Default::default();
-    // A leak's panic points at the test's `fn` line, not at this attribute.
-    let conclude = quote_spanned!(name.span() => ::reapkit::__private::conclude(__reapkit_scope, __reapkit_outcome));
+    // A leak's panic points at the test's `fn` line, not at this attribute: the name's location
+    // with the attribute's hygiene (a name a `macro_rules!` wrote has that macro's own).
+    let at_name = Span::call_site().located_at(name.span());
+    let conclude = quote_spanned!(at_name => ::reapkit::__private::conclude(__reapkit_scope, __reapkit_outcome));
 
     Ok(quote! {
         #warm_up

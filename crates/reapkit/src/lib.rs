@@ -100,8 +100,9 @@
 //! concern, what this machine gives (see the table in [`capabilities`](mod@capabilities));
 //! `reapkit ps`, a [`Teardown`] and a failing test's report say what does not hold.
 //!
-//! `ARCHITECTURE.md` in the repository holds the map and the ownership contract (marker values,
-//! labels, ledger format, exit codes).
+//! The repository's `README.md` gets a project started, `docs/guide.md` covers every part, and
+//! `ARCHITECTURE.md` holds the map and the ownership contract (marker values, labels, ledger
+//! format, exit codes).
 
 #[cfg(not(unix))]
 compile_error!(
@@ -183,6 +184,11 @@ unix_only! {
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The guide's examples, likewise.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
 
 /// What `#[reapkit::test]` expands to; not a stable API.
 #[cfg(unix)]

@@ -137,6 +137,13 @@ fn check() -> String {
     }
     let seen = std::mem::take(&mut *SEEN.lock().unwrap_or_else(|p| p.into_inner()));
     let open = FdSnapshot::capture().map(|s| s.fds().to_vec()).unwrap_or_default();
+    // Before any child is ended: who holds the other end of a pipe left open.
+    let me = std::process::id() as i32;
+    let targets = seen.iter().filter_map(|(s, _)| match s {
+        Seen::Fd(_, target, _) => Some(target.as_str()),
+        Seen::Child(..) => None,
+    });
+    let pipes = crate::os::sockets::PipeHolders::find(me, targets);
     let mut lines = Vec::new();
     let mut children = Vec::new();
     for (s, tests) in seen {
@@ -153,7 +160,8 @@ fn check() -> String {
             }
             Seen::Fd(fd, target, desc) => {
                 let still = open.iter().any(|o| o.fd == *fd && o.target == *target);
-                (still && !registry::holds_fd(*fd, target) && !answered(*fd, target), format!("{desc}: still open"))
+                let about = pipes.describe(me, target).map_or_else(String::new, |a| format!(" ({a})"));
+                (still && !registry::holds_fd(*fd, target) && !answered(*fd, target), format!("{desc}{about}: still open"))
             }
         };
         if !alive {

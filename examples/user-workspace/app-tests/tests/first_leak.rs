@@ -1,5 +1,5 @@
-//! The README's first leaky tests, as a new user writes them; the README shows what they print
-//! under `cargo test` and nextest, and reapkit's suite checks that it still does.
+// The README's first leaky tests, as a new user writes them; the README shows what they print
+// under `cargo test` and nextest, and reapkit's suite checks that it still does.
 
 use std::process::Command;
 

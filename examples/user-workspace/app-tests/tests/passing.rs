@@ -15,7 +15,7 @@ fn time_server() -> Command {
 #[reapkit::test]
 fn the_time_server_answers() -> Result<(), reapkit::Error> {
     let mut server = reapkit::McpServer::start(time_server())?;
-    let now = server.call_tool("get_current_time", serde_json::json!({"timezone": "UTC"}))?;
+    let now = server.call_tool("get_current_time", reapkit::serde_json::json!({"timezone": "UTC"}))?;
     assert!(now.text().contains("UTC"), "{now}");
     Ok(()) // the server drops here: its whole tree is torn down
 }
