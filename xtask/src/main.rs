@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,14 +42,24 @@ fn main() -> Result<ExitCode> {
     match Cli::parse().task {
         Task::Setup => setup().map(|()| ExitCode::SUCCESS),
         Task::Test { nextest_args } => test(&nextest_args),
-        Task::Bench => {
-            setup()?;
-            demo()?;
-            run(cargo().args(["bench", "--package", "reapkit-tests"]))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Task::Bench => bench().map(|()| ExitCode::SUCCESS),
         Task::Reap(args) => reap(&args),
     }
+}
+
+/// The main job: set up, show reapkit at work, then the benchmark tables; a summary last.
+fn bench() -> Result<()> {
+    let started = Instant::now();
+    setup()?;
+    let shown = demo()?;
+    section("4/4 the benchmarks (a release build of what they measure, then each prints its table)");
+    run(cargo().args(["bench", "--package", "reapkit-tests"]))?;
+    eprintln!("\n==== the main job showed, in {}:", since(started));
+    for line in shown {
+        eprintln!("  - {line}");
+    }
+    eprintln!("  - the benchmark tables above: each row is reapkit against its baseline, measured in the same run");
+    Ok(())
 }
 
 fn reap(args: &reapkit_cli::ReapArgs) -> Result<ExitCode> {
@@ -172,32 +183,55 @@ fn leftovers_since(since: u64) -> Vec<String> {
     left
 }
 
+/// The example workspace's tests that must fail under nextest, and what each one's report
+/// must name.
+const DEMO_LEAKS: [(&str, &str); 6] = [
+    ("leaky forgets_its_guard", "`ProcessGuard` of `sleep 3600` created at app-tests/tests/leaky.rs:"),
+    ("leaky leaves_a_bare_child_running", "`sleep 3600`, a child of the test process"),
+    ("leaky leaks_a_file", "(file): still open after the test"),
+    ("leaky forgets_its_container", "`Container` of `reapkit-busybox:latest` created at app-tests/tests/leaky.rs:"),
+    ("first_leak leaves_its_server_running", "`ProcessGuard` of `sleep 600` created at app-tests/tests/first_leak.rs:"),
+    ("first_leak leaves_its_port_open", "(TCP 127.0.0.1:"),
+];
+
 /// reapkit at work, on the example user workspace and a test process that gets SIGKILLed.
-fn demo() -> Result<()> {
+/// Each step checks that it showed what it claims (a demo that ran no test proves nothing);
+/// returns what it showed, for the job's summary.
+fn demo() -> Result<Vec<String>> {
     let root = workspace_root();
     let target = root.join("target");
+    let mut shown = Vec::new();
     section(
-        "1/3 a user's suite with leaky tests, under nextest and `reapkit wrap` (four must fail, naming their leak)",
+        "1/4 a user's suite with leaky tests, under nextest and its xtask's `wrap` (six must fail, naming their leak)",
     );
     run(cargo().args(["build", "--package", "reapkit-cli", "--package", "reapkit-tests", "--bins"]))?;
     let servers = std::fs::read_to_string(root.join(".deps/servers.env")).context("the set-up's servers.env")?;
     let time_server = servers.lines().find_map(|l| l.strip_prefix("REAPKIT_TEST_PY_TIME=")).unwrap_or_default();
-    let path = std::env::join_paths(
-        std::iter::once(target.join("debug"))
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    let (status, output) = run_shown(
+        cargo()
+            .args(["nextest", "run", "--no-fail-fast", "--manifest-path", "examples/user-workspace/Cargo.toml"])
+            .env("CARGO_TARGET_DIR", target.join("user-workspace"))
+            .env("MCP_SERVER_TIME", time_server),
     )?;
-    let status = cargo()
-        .args(["nextest", "run", "--no-fail-fast", "--manifest-path", "examples/user-workspace/Cargo.toml"])
-        .env("CARGO_TARGET_DIR", target.join("user-workspace"))
-        .env("MCP_SERVER_TIME", time_server)
-        .env("PATH", &path)
-        .status()
-        .context("cargo nextest")?;
-    if status.success() {
-        bail!("the example's leaky tests passed: reapkit did not catch them");
+    let failed = |test: &str| output.lines().any(|l| l.contains("FAIL [") && l.ends_with(&format!("app-tests::{test}")));
+    let missing: Vec<String> = DEMO_LEAKS
+        .iter()
+        .filter(|(test, report)| !failed(test) || !output.contains(report))
+        .map(|(test, report)| format!("{test} failing with `{report}…`"))
+        .collect();
+    let passed = output.lines().filter(|l| l.contains("PASS [") && l.contains("app-tests::")).count();
+    if status.success() || !missing.is_empty() || passed == 0 {
+        bail!(
+            "the demo did not show what it claims (nextest {status}, {passed} tests passed); missing: {}",
+            missing.join("; ")
+        );
     }
+    shown.push(format!(
+        "a user's suite under nextest: {passed} tests passed, the {} leaky ones failed, each naming its leak",
+        DEMO_LEAKS.len()
+    ));
 
-    section("2/3 a test process holding guards is SIGKILLed: its watchdog reaps the trees and keeps the evidence");
+    section("2/4 a test process holding guards is SIGKILLed: its watchdog reaps the trees and keeps the evidence");
     let ledger = target.join("demo-ledger");
     let _ = std::fs::remove_dir_all(&ledger);
     let run_id = format!("demo-{}", std::process::id());
@@ -216,8 +250,9 @@ fn demo() -> Result<()> {
     leaky.kill()?;
     leaky.wait()?;
     eprintln!("xtask: SIGKILLed it (no Drop runs); its watchdog takes over");
+    shown.push("a SIGKILLed test process: its watchdog ended what its guards held".into());
 
-    section("3/3 the CI step, `reapkit reap`, names the test that leaked and fails the build (exit 1)");
+    section("3/4 the CI step, `reapkit reap`, names the test that leaked and fails the build (exit 1)");
     let reap = Command::new(target.join("debug/reapkit"))
         .args(["reap", "--no-docker", "--run-id", &run_id, "--ledger-dir"])
         .arg(&ledger)
@@ -226,8 +261,41 @@ fn demo() -> Result<()> {
     if reap.code() != Some(1) {
         bail!("the CI step did not report the killed test's leaks");
     }
-    section("the benchmarks");
-    Ok(())
+    shown.push("the CI step: `reapkit reap` named the killed test's leaks and exited 1".into());
+    Ok(shown)
+}
+
+/// Runs `cmd` with its output shown as it comes and kept: the status and both streams.
+fn run_shown(cmd: &mut Command) -> Result<(std::process::ExitStatus, String)> {
+    eprintln!("xtask: running {cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    let echo = |pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    };
+    let out = echo(Box::new(child.stdout.take().context("piped")?));
+    let err = echo(Box::new(child.stderr.take().context("piped")?));
+    let status = child.wait()?;
+    let text = format!("{}{}", out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    eprintln!("xtask: {status} after {}", since(started));
+    Ok((status, text))
+}
+
+/// How long since `started`, to the second: `1m 04s`.
+fn since(started: Instant) -> String {
+    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())).to_string()
 }
 
 /// Builds reapkit with its portable backend on Linux (`crates/reapkit/build.rs`).
@@ -252,12 +320,15 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Runs one step, saying what it runs and, when it is done, how long it took.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
+    let started = Instant::now();
     let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
-        bail!("{cmd:?} failed: {status}");
+        bail!("{cmd:?} failed after {}: {status}", since(started));
     }
+    eprintln!("xtask: done in {}", since(started));
     Ok(())
 }
 
