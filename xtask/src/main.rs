@@ -70,6 +70,10 @@ fn test(nextest_args: &[String]) -> Result<ExitCode> {
     let started = reapkit::ProcId::of(std::process::id() as i32).map_or(0, |me| me.start_time);
     setup()?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The API docs as docs.rs builds them (every user feature), without a broken link.
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--features", "reapkit/docker,reapkit/rmcp-http"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     // The portable backend, as the suite forces it on Linux and as macOS and FreeBSD build it:
     // no Linux-only symbol outside the Linux backend, or these fail.
     run(cargo()

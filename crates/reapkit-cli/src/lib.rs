@@ -36,7 +36,7 @@ use reapkit::sweep::{write_columns, Columns, DockerCheck, Leak, Report, Scope, S
 /// Where a sweep looks and how it ends things: shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct SweepArgs {
-    /// The ledger directory [default: $REAPKIT_LEDGER_DIR, else <target dir>/reapkit]
+    /// The ledger directory [default: $REAPKIT_LEDGER_DIR, else TARGET_DIR/reapkit]
     #[arg(long, value_name = "DIR")]
     pub ledger_dir: Option<PathBuf>,
     /// The Docker engine to check [default: $DOCKER_HOST, else the local socket if present]
@@ -93,7 +93,7 @@ pub struct ReapArgs {
     /// With --match: spare the N most recently started matches
     #[arg(long, value_name = "N", default_value_t = 0, requires = "pattern")]
     pub keep_newest: usize,
-    /// Where to write the JSON report [default: <target dir>/reapkit-report.json]
+    /// Where to write the JSON report [default: TARGET_DIR/reapkit-report.json]
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Exit 0 even if leaks were found or something could not be checked, saying why (for a
