@@ -300,6 +300,13 @@ fn the_readmes_first_leak_is_what_a_user_sees_under_both_runners() {
     let out = cargo_with(&["nextest", "run", "--no-fail-fast", "--test", "first_leak"], &backtrace);
     assert_eq!(out.status.code(), Some(100), "{}", text(&out));
     shows("nextest", &text(&out));
+    // Numbers aside, but not these: each panic points at its test's `fn` line.
+    for test in ["leaves_its_server_running", "leaves_its_port_open"] {
+        let line = file.lines().position(|l| l == format!("fn {test}() {{")).expect("the test") + 1;
+        let at = format!("'{test}' ({{..}}) panicked at app-tests/tests/first_leak.rs:{line}:4:");
+        let (head, tail) = at.split_once("{..}").expect("a placeholder");
+        assert!(text(&out).lines().any(|l| l.contains(head) && l.ends_with(tail)), "{at}\n{}", text(&out));
+    }
 
     let out = cargo_with(&["test", "--test", "first_leak"], &backtrace);
     assert_eq!(out.status.code(), Some(101), "{}", text(&out));

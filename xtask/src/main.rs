@@ -217,7 +217,8 @@ fn demo() -> Result<Vec<String>> {
             .env("CARGO_TARGET_DIR", target.join("user-workspace"))
             .env("MCP_SERVER_TIME", time_server),
     )?;
-    let failed = |test: &str| output.lines().any(|l| l.contains("FAIL [") && l.ends_with(&format!("app-tests::{test}")));
+    let failed =
+        |test: &str| output.lines().any(|l| l.contains("FAIL [") && l.ends_with(&format!("app-tests::{test}")));
     let missing: Vec<String> = DEMO_LEAKS
         .iter()
         .filter(|(test, report)| !failed(test) || !output.contains(report))

@@ -153,7 +153,13 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     let output = &sig.output;
     let inputs = &sig.inputs;
     let asyncness = &sig.asyncness;
-    let argument = (!inputs.is_empty()).then(|| quote!(&__reapkit_scope));
+    // The scope and the outcome are named with the test's own span, and so is the call that
+    // ends the scope: a leak's panic then points at the test's `fn` line, not at this attribute
+    // (the location `#[track_caller]` reports is the call's outermost expansion), and the names
+    // resolve whatever wrote the test's name (a `macro_rules!` has hygiene of its own).
+    let scope = syn::Ident::new("__reapkit_scope", name.span());
+    let outcome = syn::Ident::new("__reapkit_outcome", name.span());
+    let argument = (!inputs.is_empty()).then(|| quote!(&#scope));
     let baseline = LitStr::new(&format!("/{BASELINE_FILE}"), Span::call_site());
     let run = if asyncness.is_some() {
         quote!(::reapkit::__private::CatchUnwind::new(__reapkit_body(#argument)).await)
@@ -182,10 +188,7 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
     });
     let mut outer = sig.clone();
     outer.inputs = Default::default();
-    // A leak's panic points at the test's `fn` line, not at this attribute: the name's location
-    // with the attribute's hygiene (a name a `macro_rules!` wrote has that macro's own).
-    let at_name = Span::call_site().located_at(name.span());
-    let conclude = quote_spanned!(at_name => ::reapkit::__private::conclude(__reapkit_scope, __reapkit_outcome));
+    let conclude = quote_spanned!(name.span() => ::reapkit::__private::conclude(#scope, #outcome));
 
     Ok(quote! {
         #warm_up
@@ -194,13 +197,13 @@ fn expand(options: Options, function: ItemFn) -> syn::Result<TokenStream2> {
         #vis #outer {
             #(#lint_attributes)*
             #asyncness fn __reapkit_body(#inputs) #output #block
-            let __reapkit_scope = ::reapkit::TestScope::builder()
+            let #scope = ::reapkit::TestScope::builder()
                 .name(::reapkit::__private::test_name(::core::module_path!(), #name_text))
                 .baseline(::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), #baseline))
                 #(#calls)*
                 #serialized
                 .enter();
-            let __reapkit_outcome = #run;
+            let #outcome = #run;
             #conclude
         }
     }
