@@ -308,10 +308,10 @@ impl McpServer {
         let cause = match failure {
             Failure::Timeout => NoHandshake::Timeout(startup_timeout),
             Failure::Rpc { code, message, .. } => {
-                NoHandshake::Other(format!("`initialize` failed with error {code}: {message}"))
+                NoHandshake::Said(format!("`initialize` failed with error {code}: {message}"))
             }
-            Failure::Protocol(detail) => NoHandshake::Garbage(detail),
-            Failure::Gone(detail) => NoHandshake::Other(detail),
+            Failure::Protocol(detail) => NoHandshake::Said(detail),
+            Failure::Gone(detail) => NoHandshake::Gone(detail),
         };
         let report = self.guard.teardown();
         startup_error(self.guard.program().to_owned(), cause, &report, self.guard.stderr_tail())
@@ -322,26 +322,31 @@ impl McpServer {
 pub(crate) enum NoHandshake {
     /// No answer within the startup timeout.
     Timeout(Duration),
-    /// It wrote something that is not JSON-RPC to its stdout: what and where it belongs.
-    Garbage(String),
-    /// Anything else, in words (a broken pipe, an error answer, the SDK's own error).
-    Other(String),
+    /// What the server said, or did, stands as the reason (an error answer, a line that is not
+    /// JSON-RPC, a listener that is not HTTP's).
+    Said(String),
+    /// The connection ended (a broken pipe, stdout closed, the SDK's own error): if the server
+    /// exited on its own, that is the reason.
+    Gone(String),
 }
 
 /// The startup error of a server whose handshake did not complete: a server that exited on
 /// its own is reported as that — `exited with status 1 before answering \`initialize\``, not
 /// as the broken pipe that followed — and its stderr tail is shown once.
 pub(crate) fn startup_error(program: String, cause: NoHandshake, report: &Teardown, stderr_tail: String) -> Error {
-    let exited = report.status.filter(|_| report.ended_by == EndedBy::AlreadyExited);
-    let reason = match (cause, exited) {
-        (NoHandshake::Garbage(detail), _) => detail,
-        (_, Some(status)) => format!("it {} before answering `initialize`", exit_words(status)),
-        (NoHandshake::Timeout(timeout), None) => format!(
+    // Exited before the teardown, or at its first step (closing stdin), not by a signal of ours.
+    let on_its_own = matches!(report.ended_by, EndedBy::AlreadyExited | EndedBy::StdinEof);
+    let reason = match cause {
+        NoHandshake::Said(detail) => detail,
+        NoHandshake::Timeout(timeout) => format!(
             "no answer to `initialize` within {} (its startup timeout; raise it with `startup_timeout` if the server \
              is slow to start, as `npx`/`uvx` are when they download it first)",
             humantime::format_duration(timeout)
         ),
-        (NoHandshake::Other(detail), None) => detail,
+        NoHandshake::Gone(detail) => match report.status.filter(|_| on_its_own) {
+            Some(status) => format!("it {} before answering `initialize`", exit_words(status)),
+            None => detail,
+        },
     };
     Error::Startup { program, reason, status: report.status, stderr_tail }
 }

@@ -57,7 +57,7 @@ impl Started {
         let Started { child, program, request_timeout, url } = self;
         let cause = match tokio::time::timeout(remaining, handshake.as_mut()).await {
             Ok(Ok(service)) => return Ok(McpClient { service, child, request_timeout, program, url }),
-            Ok(Err(e)) => NoHandshake::Other(match &url {
+            Ok(Err(e)) => NoHandshake::Gone(match &url {
                 Some(url) => format!("rmcp's handshake over HTTP at {url} failed: {e}"),
                 None => format!("rmcp's handshake failed: {e}"),
             }),

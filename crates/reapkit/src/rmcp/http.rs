@@ -52,7 +52,7 @@ impl McpBuilder {
         let child = Arc::new(GuardedChild::new(guard));
         let Some(url) = listener.as_ref().and_then(|l| url(l, path)) else {
             let reason = format!("it listens on {listener:?}, which is not a TCP port to speak HTTP to");
-            return Err(startup_failed(child, program, NoHandshake::Other(reason)).await);
+            return Err(startup_failed(child, program, NoHandshake::Said(reason)).await);
         };
         let transport = StreamableHttpClientTransport::from_uri(url.clone());
         let remaining = startup_timeout.saturating_sub(since.elapsed());
