@@ -168,9 +168,10 @@ fn read_all(buf: &mut Vec<u8>) -> usize {
     bytes
 }
 
-/// The sweep as the CI step runs it, minus Docker: every dead owner's leftovers, found only.
+/// The machine-wide sweep (`reap --all`), minus Docker: every dead owner's leftovers, whatever
+/// project they belong to (these have no ledger record), found only.
 fn find(ledger: &Path) -> Findings {
-    Sweep::new(Scope::dead_owners()).docker(DockerCheck::Off).ledger_dir(ledger).find()
+    Sweep::new(Scope::dead_owners()).docker(DockerCheck::Off).ledger_dir(ledger).all_projects(true).find()
 }
 
 /// `pgrep -f <pattern>` as a subprocess (it only lists; nothing is killed): how many it listed.
