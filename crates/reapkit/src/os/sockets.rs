@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::os::fd_snapshot::FdSnapshot;
 use crate::os::procfs;
 
 /// The most read of one `/proc/<pid>/net/*` table (about 50,000 TCP sockets): a socket past
@@ -112,15 +113,18 @@ impl PipeHolders {
             return PipeHolders::default();
         }
         for other in procfs::pids().filter(|&other| other != pid).take(MAX_PROCESSES) {
-            let Ok(entries) = std::fs::read_dir(format!("/proc/{other}/fd")) else { continue };
-            let mut seen = false;
-            for link in entries.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()) {
-                if let Some(list) = link.to_str().and_then(|t| holders.get_mut(t)) {
-                    if !seen {
-                        list.push(format!("pid {other} `{}`", procfs::cmdline(other)));
-                        seen = true;
-                    }
-                }
+            let Ok(snapshot) = FdSnapshot::of(other) else { continue };
+            // Each pipe it holds, once, however many descriptors it has on it.
+            let mut held: Vec<&str> =
+                snapshot.fds().iter().map(|fd| fd.target.as_str()).filter(|t| holders.contains_key(*t)).collect();
+            held.sort_unstable();
+            held.dedup();
+            if held.is_empty() {
+                continue;
+            }
+            let name = format!("pid {other} `{}`", procfs::cmdline(other));
+            for target in held {
+                holders.entry(target.to_owned()).or_default().push(name.clone());
             }
         }
         PipeHolders { holders }
@@ -286,19 +290,25 @@ mod tests {
     }
 
     #[test]
-    fn names_the_other_holder_of_a_pipe() {
+    fn names_the_other_holder_of_each_pipe() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("sleep");
         let stdin = child.stdin.take().expect("its stdin");
+        let stdout = child.stdout.take().expect("its stdout");
         let target = format!("pipe:[{}]", inode_of(&stdin));
+        let other = format!("pipe:[{}]", inode_of(&stdout));
         let me = std::process::id() as i32;
-        let holders = PipeHolders::find(me, [target.as_str(), "socket:[1]", "/dev/null"].into_iter());
+        let holders = PipeHolders::find(me, [target.as_str(), other.as_str(), "socket:[1]", "/dev/null"].into_iter());
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(holders.describe(me, &target), Some(format!("a pipe also held by pid {} `sleep 30`", child.id())));
+        // The same process holds both pipes: it is named for each.
+        for pipe in [&target, &other] {
+            assert_eq!(holders.describe(me, pipe), Some(format!("a pipe also held by pid {} `sleep 30`", child.id())));
+        }
         assert_eq!(holders.describe(me, "/dev/null"), None);
         assert_eq!(PipeHolders::find(me, ["/dev/null"].into_iter()).holders.len(), 0);
     }

@@ -410,15 +410,10 @@ impl TestScope {
         };
         let deadline = Instant::now() + self.settle;
         let mut pause = Duration::from_millis(1);
-        let me = std::process::id() as i32;
         loop {
             // Counting first (one `stat`); the targets only when the count changed.
-            if procfs::fd_count(me).is_ok_and(|n| n == before.len()) {
-                return Vec::new();
-            }
-            let now = FdSnapshot::capture().ok();
-            let opened = now.iter().flat_map(FdSnapshot::fds).filter(|fd| !before.contains(&fd.fd));
-            let leaks: Vec<ScopeLeak> = opened.filter_map(the_tests).collect();
+            let Some(opened) = opened_since(before) else { return Vec::new() };
+            let leaks: Vec<ScopeLeak> = opened.iter().filter_map(the_tests).collect();
             if leaks.iter().all(accepted) || Instant::now() + pause > deadline {
                 return leaks;
             }
@@ -671,13 +666,18 @@ pub fn conclude<R: std::process::Termination>(scope: TestScope, outcome: std::th
 /// The other holders of the pipes this process opened since `before` (none, and no walk of
 /// `/proc`, if its FD table has as many descriptors as then).
 fn opened_pipes(before: &[i32]) -> crate::os::sockets::PipeHolders {
-    let me = std::process::id() as i32;
-    if procfs::fd_count(me).is_ok_and(|n| n == before.len()) {
-        return Default::default();
+    let opened = opened_since(before).unwrap_or_default();
+    crate::os::sockets::PipeHolders::find(std::process::id() as i32, opened.iter().map(|fd| fd.target.as_str()))
+}
+
+/// The descriptors of this process not among `before`; `None` without reading a target if
+/// its FD table has as many descriptors as then (one `stat`).
+fn opened_since(before: &[i32]) -> Option<Vec<Fd>> {
+    if procfs::fd_count(std::process::id() as i32).is_ok_and(|n| n == before.len()) {
+        return None;
     }
-    let now = FdSnapshot::capture().ok();
-    let opened = now.iter().flat_map(FdSnapshot::fds).filter(|fd| !before.contains(&fd.fd));
-    crate::os::sockets::PipeHolders::find(me, opened.map(|fd| fd.target.as_str()))
+    let now = FdSnapshot::capture().ok()?;
+    Some(now.fds().iter().filter(|fd| !before.contains(&fd.fd)).cloned().collect())
 }
 
 /// The libtest name of test function `function` in module `module_path` (its `module_path!()`):
